@@ -1,0 +1,275 @@
+"""Load official FastInst checkpoints and read/write our own format.
+
+Official files are Detectron2 ``.pth`` pickles of ``{"model": state_dict, ...}``. They carry no config, so the
+architecture is read off the tensor shapes (backbone kind, depth, widths, DCN, decoder layers, classes,
+queries). The attention head count is the one thing no shape shows: it is 8 (head width 32) for the official
+256-wide models and width / 16 for narrower ones (head width 16, as in the narrow reference models of the
+parity suite), unless given. Files are opened with ``torch.load(weights_only=True)``: a pickle that needs code execution is refused.
+
+Our format is a ``.safetensors`` file whose metadata holds the config, class names and test size, so the file
+alone rebuilds the model. Every key of a checkpoint must be consumed or be one of ``IGNORED_KEYS``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .coco import COCO_CLASSES
+from .modeling.fastinst import FastInst
+from .zoo import DEFAULT_TEST_SIZE, MODELS, FastInstConfig, build_model
+
+__all__ = ["CheckpointError", "ModelInfo", "load_checkpoint", "save_checkpoint", "config_from_official", "resolve"]
+
+FORMAT_KEY = "fastinst_rt"
+FORMAT_VERSION = 1
+# Present in official checkpoints but not part of the network: the criterion's class weights, and the
+# normalization constants (not normally saved; ours come from the model's metadata).
+IGNORED_KEYS = ("criterion.empty_weight", "sem_seg_head.predictor.criterion.empty_weight", "pixel_mean", "pixel_std")
+_OFFICIAL_PREFIXES = (("sem_seg_head.pixel_decoder.", "pixel_decoder."), ("sem_seg_head.predictor.", "decoder."))
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded: unsafe, unreadable, or not matching the architecture."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a model is: its variant name, architecture, classes, test-time resize and source file."""
+
+    name: str
+    config: FastInstConfig
+    class_names: tuple[str, ...]
+    test_size: tuple[int, int]
+    source: str = ""
+    sha256: str = ""
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name, "config": self.config.to_dict(), "class_names": list(self.class_names),
+            "test_size": list(self.test_size), "source": self.source, "sha256": self.sha256,
+        }  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelInfo:
+        return cls(
+            d["name"], FastInstConfig.from_dict(d["config"]), tuple(d["class_names"]), tuple(d["test_size"]),
+            d.get("source", ""), d.get("sha256", ""),
+        )  # fmt: skip
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("FASTINST_RT_HOME", Path.home() / ".cache" / "fastinst_rt"))
+
+
+def resolve(model: str | os.PathLike) -> Path:
+    """A file path, or a zoo name whose released checkpoint is found in (or downloaded to) ``cache_dir()``."""
+    path = Path(model)
+    if path.exists():
+        return path
+    name = str(model)
+    if name in MODELS:
+        spec = MODELS[name]
+        if spec.checkpoint is None:
+            raise CheckpointError(f"{name} has no released weights; build it with zoo.build_model or train it")
+        target = cache_dir() / spec.checkpoint
+        if not target.exists():
+            _download(spec.url, target)
+        return target
+    if path.suffix or os.sep in name:
+        raise FileNotFoundError(f"no such checkpoint file: {name}")
+    raise CheckpointError(f"unknown model {name!r}; known names: {', '.join(MODELS)}")
+
+
+def _download(url: str, target: Path) -> None:
+    from tqdm import tqdm
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(target.suffix + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as r, open(partial, "wb") as f:
+            total = int(r.headers.get("Content-Length", 0)) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {target.name}") as bar:
+                while chunk := r.read(1 << 20):
+                    f.write(chunk)
+                    bar.update(len(chunk))
+    except OSError as e:
+        partial.unlink(missing_ok=True)
+        raise CheckpointError(f"could not download {url} ({e}); download it by hand and pass the file path") from e
+    partial.rename(target)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """(state dict, our metadata or None for an official checkpoint)."""
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file, safe_open
+
+        try:
+            with safe_open(str(path), "pt") as f:
+                meta = f.metadata() or {}
+            state = load_file(str(path))
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from e
+        if FORMAT_KEY not in meta:
+            raise CheckpointError(f"{path} has no '{FORMAT_KEY}' metadata; it was not written by save_checkpoint")
+        return state, json.loads(meta[FORMAT_KEY])
+    if path.suffix == ".pkl":
+        raise CheckpointError(f"{path}: Detectron2 .pkl files are plain pickles and are not loaded for safety")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError for unsafe globals, RuntimeError/EOFError for corrupt files
+        raise CheckpointError(
+            f"{path} could not be loaded as a weights-only checkpoint (it is corrupt, not a checkpoint, or "
+            f"needs code execution to unpickle, which is refused): {str(e).splitlines()[0]}"
+        ) from e
+    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
+        return obj["model"], obj.get(FORMAT_KEY)
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj, None
+    raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict or a {{'model': state_dict}}")
+
+
+def _count(state: dict, pattern: str) -> int:
+    rx = re.compile(pattern)
+    found = {int(m.group(1)) for k in state if (m := rx.match(k))}
+    return max(found) + 1 if found else 0
+
+
+def default_nheads(hidden_dim: int) -> int:
+    """Attention heads assumed for an official checkpoint of width ``hidden_dim`` (no shape stores it)."""
+    return max(1, min(8, hidden_dim // 16))
+
+
+def config_from_official(state: dict[str, torch.Tensor], nheads: int | None = None) -> FastInstConfig:
+    """Read the architecture off the tensor shapes of an official (Detectron2-named) state dict."""
+
+    def shape(key: str) -> tuple[int, ...]:
+        if key not in state:
+            raise CheckpointError(f"not a FastInst checkpoint: missing key {key}")
+        return tuple(state[key].shape)
+
+    p = "sem_seg_head.predictor."
+    if "backbone.stem.conv1.weight" in state:
+        kind, stem = "resnet", shape("backbone.stem.conv1.weight")[0]
+        stages = [f"backbone.res{i}" for i in range(2, 6)]
+        deform = (False,) * 4
+    elif "backbone.conv1.0.weight" in state:
+        kind, stem = "resnet_vd", shape("backbone.conv1.0.weight")[0]
+        stages = [f"backbone.layer{i}" for i in range(1, 5)]
+        deform = tuple(f"{s}.0.conv2_offset.weight" in state for s in stages)
+    else:
+        raise CheckpointError("not a FastInst checkpoint: no ResNet stem (backbone.stem.conv1 or backbone.conv1.0)")
+    layers = tuple(_count(state, re.escape(s) + r"\.(\d+)\.conv1\.weight$") for s in stages)
+    widths = tuple(shape(f"{s}.0.conv1.weight")[0] for s in stages)
+    out_channels = tuple(shape(f"{s}.0.conv3.weight")[0] for s in stages)
+    side = shape(p + "meta_pos_embed")[-1]
+    hidden_dim = shape("sem_seg_head.pixel_decoder.layer_1.weight")[0]
+    return FastInstConfig(
+        backbone=kind,
+        layers=layers,
+        stem_width=stem,
+        widths=widths,
+        out_channels=out_channels,
+        deform_stages=deform,
+        hidden_dim=hidden_dim,
+        num_classes=shape(p + "class_embed_layers.0.layers.2.weight")[0] - 1,
+        # The positional map is round(sqrt(Q)) wide; the official Q = 100 is the square.
+        num_queries=side * side,
+        num_aux_queries=shape(p + "empty_query_features.weight")[0] if p + "empty_query_features.weight" in state else 0,
+        nheads=nheads or default_nheads(hidden_dim),
+        dim_feedforward=shape(p + "transformer_query_ffn_layers.0.linear1.weight")[0],
+        dec_layers=_count(state, re.escape(p) + r"transformer_query_ffn_layers\.(\d+)\.linear1\.weight$"),
+        mask_dim=shape(p + "mask_features_layers.0.weight")[0],
+    )
+
+
+def _official_to_ours(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in state.items():
+        if key in IGNORED_KEYS:
+            continue
+        for old, new in _OFFICIAL_PREFIXES:
+            if key.startswith(old):
+                key = new + key[len(old) :]
+                break
+        out[key] = value
+    return out
+
+
+def _load_strict(model: FastInst, state: dict[str, torch.Tensor], path: Path) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in expected
+        if k in state and state[k].shape != expected[k].shape
+    ]
+    problems = []
+    for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("mis-shaped keys", mismatched)):
+        if keys:
+            shown = ", ".join(keys[:8]) + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
+            problems.append(f"{label}: {shown}")
+    if problems:
+        raise CheckpointError(f"{path} does not match the FastInst architecture: " + "; ".join(problems))
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
+
+
+def load_checkpoint(
+    model: str | os.PathLike, device: str | torch.device = "cpu", nheads: int | None = None
+) -> tuple[FastInst, ModelInfo]:
+    """Build and load a FastInst from an official ``.pth``, our ``.safetensors``/``.pth`` or a zoo name.
+
+    Returns the model in eval mode on ``device`` and its ``ModelInfo``.
+    """
+    path = resolve(model)
+    state, meta = _read(path)
+    if meta is None:
+        config = config_from_official(state, nheads)
+        spec = next((s for s in MODELS.values() if s.checkpoint == path.name), None)
+        name = spec.name if spec else path.stem
+        test_size = spec.test_size if spec else DEFAULT_TEST_SIZE
+        names = spec.class_names if spec else COCO_CLASSES[: config.num_classes]
+        if len(names) != config.num_classes:
+            names = tuple(f"class{i}" for i in range(config.num_classes))
+        info = ModelInfo(name, config, tuple(names), tuple(test_size))
+        state = _official_to_ours(state)
+    else:
+        if meta.get("format_version", 0) > FORMAT_VERSION:
+            raise CheckpointError(f"{path} was written by a newer fastinst-rt (format {meta['format_version']})")
+        info = ModelInfo.from_dict(meta["info"])
+    info = ModelInfo(info.name, info.config, info.class_names, info.test_size, str(path), _sha256(path))
+    net = build_model(info.config)
+    _load_strict(net, state, path)
+    return net.to(device).eval(), info
+
+
+def save_checkpoint(model: FastInst, info: ModelInfo, path: str | os.PathLike) -> Path:
+    """Write ``model`` with its ``info`` as ``.safetensors`` (weights + JSON metadata); returns the path."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"our checkpoints are .safetensors files, got {path.name}")
+    meta_info = ModelInfo(info.name, info.config, info.class_names, info.test_size)
+    meta = {"format_version": FORMAT_VERSION, "info": meta_info.to_dict()}
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path), metadata={FORMAT_KEY: json.dumps(meta)})
+    return path
