@@ -1,0 +1,45 @@
+"""Backends by file type. Imports are lazy so that the ONNX Runtime and TensorRT paths never import torch."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .base import Backend, BackendInfo
+
+__all__ = ["Backend", "BackendInfo", "open_backend", "backend_for", "SUFFIXES"]
+
+# One table of formats, read by the runtime (which backend opens a file) and by the CLI (what a file is).
+SUFFIXES: dict[str, str] = {
+    ".pth": "torch",
+    ".pt": "torch",
+    ".safetensors": "torch",
+    ".onnx": "onnxruntime",
+    ".engine": "tensorrt",
+    ".plan": "tensorrt",
+}
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+
+
+def backend_for(model: str | os.PathLike) -> str:
+    """The default backend of a model file (by suffix) or zoo name (torch)."""
+    suffix = Path(model).suffix.lower()
+    if suffix in SUFFIXES:
+        return SUFFIXES[suffix]
+    if suffix and Path(model).exists():
+        raise ValueError(f"{model}: unknown model file type {suffix!r}; expected one of {', '.join(SUFFIXES)}")
+    return "torch"  # a zoo name; resolved (or refused) by the checkpoint loader
+
+
+def open_backend(
+    model: str | os.PathLike, backend: str | None = None, device: str | None = None, half: bool = False
+) -> Backend:
+    """Load ``model`` on ``backend`` (default from the file type)."""
+    backend = backend or backend_for(model)
+    if backend == "torch":
+        from .pytorch import TorchBackend
+
+        return TorchBackend(model, device=device, half=half)
+    if backend in BACKENDS:
+        raise NotImplementedError(f"the {backend} backend is not part of this build of fastinst-rt yet")
+    raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")

@@ -1,0 +1,75 @@
+"""The interface every inference backend implements.
+
+Modelled on Polygraphy's ``BaseRunner``: the public ``infer`` checks its input and times the call, the
+subclasses implement ``_infer``. Every backend returns the same raw outputs, so one post-processing serves all.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["Backend", "BackendInfo"]
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """What the runtime needs to know about a loaded model, whatever its format."""
+
+    name: str  # variant name
+    class_names: tuple[str, ...]
+    test_size: tuple[int, int]  # (short side, long-side cap) of the test-time resize
+    size_divisibility: int = 32
+    fixed_size: tuple[int, int] | None = None  # (H, W) when the artifact only accepts one padded input size
+    max_batch: int | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+class Backend(ABC):
+    """Runs FastInst on a preprocessed batch.
+
+    ``infer`` takes the padded uint8 RGB batch (B, 3, H, W) and each image's valid (h, w) size (B, 2), and returns
+    {"pred_logits": (B, Q, K+1) float32, "pred_masks": (B, Q, H/8, W/8) float32 mask logits} as numpy arrays.
+    """
+
+    kind: str = ""  # "torch", "onnxruntime", "tensorrt"
+
+    def __init__(self, info: BackendInfo) -> None:
+        self.info = info
+        self.last_inference_ms = 0.0
+
+    def infer(self, batch: np.ndarray, sizes: np.ndarray) -> dict[str, np.ndarray]:
+        if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[1] != 3:
+            raise ValueError(f"expected a uint8 (B, 3, H, W) batch, got {batch.dtype} {batch.shape}")
+        div = self.info.size_divisibility
+        if batch.shape[2] % div or batch.shape[3] % div:
+            raise ValueError(f"batch size {batch.shape[2:]} is not padded to a multiple of {div}")
+        if sizes.shape != (batch.shape[0], 2):
+            raise ValueError(f"sizes must be (B, 2) for B = {batch.shape[0]}, got {sizes.shape}")
+        start = time.perf_counter()
+        out = self._infer(batch, sizes.astype(np.int64))
+        self.last_inference_ms = (time.perf_counter() - start) * 1e3
+        return out
+
+    @abstractmethod
+    def _infer(self, batch: np.ndarray, sizes: np.ndarray) -> dict[str, np.ndarray]: ...
+
+    def close(self) -> None:
+        """Release the model and any device memory."""
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def describe(self) -> dict:
+        """A JSON-serialisable description (used by ``fastinst-rt info`` and benchmarks)."""
+        return {"backend": self.kind, "model": self.info.name, "classes": self.info.num_classes,
+                "test_size": list(self.info.test_size)}  # fmt: skip

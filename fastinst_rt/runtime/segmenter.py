@@ -1,0 +1,144 @@
+"""``Segmenter``: an image in, instances out, on any backend.
+
+The front door of the SDK. Pre-processing (official resize and padding) and post-processing (official scoring
+in the fast order) are the runtime's own and shared by every backend; the backend only runs the network.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from .backends import Backend, open_backend
+from .postprocess import instances_from_outputs
+from .preprocess import ImageSource, PreprocessInfo, load_image, prepare
+from .results import Results
+
+__all__ = ["Segmenter"]
+
+
+class Segmenter:
+    """Instance segmentation with a FastInst model.
+
+    Args:
+        model: an official FastInst ``.pth``, our ``.safetensors``, a zoo name (e.g. "fastinst-r50-d1"), or a
+            ``Backend`` already opened.
+        backend: "torch", "onnxruntime" or "tensorrt"; default from the file type.
+        device: "cpu", "cuda", "cuda:1"; default CUDA when available (torch backend).
+        conf: minimum score of a returned instance. 0.0 with ``max_det=100`` gives the official evaluation output.
+        max_det: at most this many instances (query-class pairs) per image.
+        min_size, max_size: test-time resize (short side, long-side cap); default the model's (e.g. 576/777).
+        half: float16 inference (CUDA).
+
+    Example::
+
+        seg = Segmenter("fastinst_R50_ppm-fpn_x1_576_34.9.pth")
+        res = seg.predict("street.jpg")
+        for name, score, box in zip(res.names, res.scores, res.boxes):
+            print(name, score, box)
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike | Backend,
+        *,
+        backend: str | None = None,
+        device: str | None = None,
+        conf: float = 0.3,
+        max_det: int = 100,
+        min_size: int | None = None,
+        max_size: int | None = None,
+        half: bool = False,
+    ) -> None:
+        if not 0.0 <= conf <= 1.0:
+            raise ValueError(f"conf must be in [0, 1], got {conf}")
+        if max_det < 1:
+            raise ValueError(f"max_det must be positive, got {max_det}")
+        self.backend = model if isinstance(model, Backend) else open_backend(model, backend, device, half)
+        info = self.backend.info
+        self.conf, self.max_det = conf, max_det
+        self.min_size = int(min_size or info.test_size[0])
+        self.max_size = int(max_size or info.test_size[1])
+        if self.min_size < 32 or self.max_size < self.min_size:
+            raise ValueError(f"bad test size {self.min_size}/{self.max_size}: need 32 <= min_size <= max_size")
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.backend.info.class_names
+
+    def predict(self, image: ImageSource, color: str = "bgr") -> Results:
+        """Segment one image.
+
+        Args:
+            image: a file path, a PIL image, or an HxW / HxWx3 / HxWx4 uint8 (or uint16) array.
+            color: channel order of an array: "bgr" (OpenCV, the default) or "rgb". Files and PIL images are RGB.
+        Returns:
+            ``Results`` with masks (N, H, W) bool at the original size, scores (N,), labels (N,), boxes (N, 4).
+        """
+        return self.predict_batch([image], color)[0]
+
+    def predict_batch(self, images: Sequence[ImageSource], color: str = "bgr") -> list[Results]:
+        """Segment several images in one forward pass.
+
+        The images are padded to a common size, so results can differ slightly from one-by-one ``predict``
+        (the official evaluation runs batch 1). Returns one ``Results`` per image.
+        """
+        if len(images) == 0:
+            return []
+        t0 = time.perf_counter()
+        rgb = [load_image(im, color) for im in images]
+        batch, metas = self._prepare(rgb)
+        t1 = time.perf_counter()
+        out = self.backend.infer(batch, np.array([m.resized_size for m in metas], dtype=np.int64))
+        t2 = time.perf_counter()
+        results = []
+        padded = batch.shape[-2:]
+        for i, meta in enumerate(metas):
+            scores, labels, masks = instances_from_outputs(
+                out["pred_logits"][i], out["pred_masks"][i], meta.resized_size, padded, meta.orig_size,
+                conf=self.conf, max_det=self.max_det,
+            )  # fmt: skip
+            results.append(Results(masks, scores, labels, self.class_names))
+        t3 = time.perf_counter()
+        n = len(images)
+        speed = {"preprocess": (t1 - t0) * 1e3 / n, "inference": (t2 - t1) * 1e3 / n, "postprocess": (t3 - t2) * 1e3 / n}
+        for r in results:
+            r.speed = dict(speed)
+        return results
+
+    def stream(self, frames: Iterable[ImageSource], color: str = "bgr") -> Iterator[Results]:
+        """Segment a sequence of frames (e.g. decoded video) lazily, one ``Results`` per frame."""
+        for frame in frames:
+            yield self.predict(frame, color)
+
+    def _prepare(self, rgb: list[np.ndarray]) -> tuple[np.ndarray, list[PreprocessInfo]]:
+        info = self.backend.info
+        batch, metas = prepare(rgb, self.min_size, self.max_size, info.size_divisibility)
+        if info.fixed_size is not None:
+            # A static-shape artifact takes one padded size; pad up to it, refuse what does not fit.
+            fh, fw = info.fixed_size
+            if batch.shape[2] > fh or batch.shape[3] > fw:
+                raise ValueError(
+                    f"the model was exported for a fixed {fh}x{fw} input but the resized image needs "
+                    f"{batch.shape[2]}x{batch.shape[3]}; export with --dynamic or a larger --imgsz"
+                )
+            full = np.zeros((batch.shape[0], 3, fh, fw), np.uint8)
+            full[:, :, : batch.shape[2], : batch.shape[3]] = batch
+            batch = full
+        return batch, metas
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> Segmenter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"Segmenter({self.backend.info.name!r}, backend={self.backend.kind!r}, conf={self.conf}, "
+                f"max_det={self.max_det}, size={self.min_size}/{self.max_size})")  # fmt: skip
