@@ -1,7 +1,7 @@
 """fastinst-rt: real-time instance segmentation with FastInst, from checkpoint to deployment.
 
-    from fastinst_rt import Segmenter
-    res = Segmenter("fastinst-r50-d1").predict("image.jpg")
+from fastinst_rt import Segmenter
+res = Segmenter("fastinst-r50-d1").predict("image.jpg")
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ Official files are Detectron2 ``.pth`` pickles of ``{"model": state_dict, ...}``
 architecture is read off the tensor shapes (backbone kind, depth, widths, DCN, decoder layers, classes,
 queries). The attention head count is the one thing no shape shows: it is 8 (head width 32) for the official
 256-wide models and width / 16 for narrower ones (head width 16, as in the narrow reference models of the
-parity suite), unless given. Files are opened with ``torch.load(weights_only=True)``: a pickle that needs code execution is refused.
+parity suite), unless given. Files are opened with ``torch.load(weights_only=True)``: a pickle that needs code
+execution is refused.
 
 Our format is a ``.safetensors`` file whose metadata holds the config, class names and test size, so the file
 alone rebuilds the model. Every key of a checkpoint must be consumed or be one of ``IGNORED_KEYS``.
@@ -26,7 +27,15 @@ from .coco import COCO_CLASSES
 from .modeling.fastinst import FastInst
 from .zoo import DEFAULT_TEST_SIZE, MODELS, FastInstConfig, build_model
 
-__all__ = ["CheckpointError", "ModelInfo", "load_checkpoint", "save_checkpoint", "config_from_official", "resolve"]
+__all__ = [
+    "CheckpointError",
+    "ModelInfo",
+    "load_checkpoint",
+    "save_checkpoint",
+    "config_from_official",
+    "official_state_dict",
+    "resolve",
+]
 
 FORMAT_KEY = "fastinst_rt"
 FORMAT_VERSION = 1
@@ -191,7 +200,9 @@ def config_from_official(state: dict[str, torch.Tensor], nheads: int | None = No
         num_classes=shape(p + "class_embed_layers.0.layers.2.weight")[0] - 1,
         # The positional map is round(sqrt(Q)) wide; the official Q = 100 is the square.
         num_queries=side * side,
-        num_aux_queries=shape(p + "empty_query_features.weight")[0] if p + "empty_query_features.weight" in state else 0,
+        num_aux_queries=shape(p + "empty_query_features.weight")[0]
+        if p + "empty_query_features.weight" in state
+        else 0,
         nheads=nheads or default_nheads(hidden_dim),
         dim_feedforward=shape(p + "transformer_query_ffn_layers.0.linear1.weight")[0],
         dec_layers=_count(state, re.escape(p) + r"transformer_query_ffn_layers\.(\d+)\.linear1\.weight$"),
@@ -209,6 +220,18 @@ def _official_to_ours(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
                 key = new + key[len(old) :]
                 break
         out[key] = value
+    return out
+
+
+def official_state_dict(model: FastInst) -> dict[str, torch.Tensor]:
+    """``model``'s weights under the official Detectron2 key names (``torch.save({"model": ...})`` to share)."""
+    out = {}
+    for key, value in model.state_dict().items():
+        for old, new in _OFFICIAL_PREFIXES:
+            if key.startswith(new):
+                key = old + key[len(new) :]
+                break
+        out[key] = value.detach().cpu()
     return out
 
 

@@ -53,7 +53,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastinst-rt", description="FastInst instance segmentation: run, export, deploy.")
+    parser = argparse.ArgumentParser(
+        prog="fastinst-rt", description="FastInst instance segmentation: run, export, deploy."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("predict", help="segment an image, a folder of images or a video")

@@ -8,7 +8,7 @@ variants are narrow copies of the same code paths for tests; they have no releas
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .coco import COCO_CLASSES
 from .modeling.backbone import ResNet, ResNetVD
@@ -81,7 +81,14 @@ def build_model(config: FastInstConfig) -> FastInst:
         raise ValueError(f"unknown backbone {c.backbone!r}; expected 'resnet' or 'resnet_vd'")
     pixel_decoder = PPMFPN(c.out_channels[1:], c.hidden_dim)
     decoder = FastInstDecoder(
-        c.hidden_dim, c.num_classes, c.num_queries, c.num_aux_queries, c.nheads, c.dim_feedforward, c.dec_layers, c.mask_dim
+        c.hidden_dim,
+        c.num_classes,
+        c.num_queries,
+        c.num_aux_queries,
+        c.nheads,
+        c.dim_feedforward,
+        c.dec_layers,
+        c.mask_dim,
     )
     return FastInst(backbone, pixel_decoder, decoder).eval()
 
@@ -93,17 +100,20 @@ _TEST = FastInstConfig(
     layers=(1, 1, 1, 1), stem_width=16, widths=(16, 32, 64, 128), out_channels=(64, 128, 256, 512),
     hidden_dim=64, nheads=4, dim_feedforward=128, mask_dim=64, dec_layers=2,
 )  # fmt: skip
-_TEST_VD = dataclasses.replace(_TEST, backbone="resnet_vd", stem_width=8, deform_stages=(False, False, True, True), dec_layers=1)
+_TEST_VD = replace(_TEST, backbone="resnet_vd", stem_width=8, deform_stages=(False, False, True, True), dec_layers=1)
 
-MODELS: dict[str, ModelSpec] = {
-    s.name: s
-    for s in (
-        ModelSpec("fastinst-r50-d1", dataclasses.replace(_R50, dec_layers=1), (576, 777), "fastinst_R50_ppm-fpn_x1_576_34.9.pth", 34.9),
-        ModelSpec("fastinst-r50-d3", _R50, (640, 853), "fastinst_R50_ppm-fpn_x3_640_37.9.pth", 37.9),
-        ModelSpec("fastinst-r101-d3", dataclasses.replace(_R50, layers=(3, 4, 23, 3)), (640, 853), "fastinst_R101_ppm-fpn_x3_640_38.9.pth", 38.9),
-        ModelSpec("fastinst-r50vd-dcn-d1", dataclasses.replace(_R50VD, dec_layers=1), (576, 777), "fastinst_R50-vd-dcn_ppm-fpn_x1_576_37.4.pth", 37.4),
-        ModelSpec("fastinst-r50vd-dcn-d3", _R50VD, (640, 853), "fastinst_R50-vd-dcn_ppm-fpn_x3_640_40.1.pth", 40.1),
-        ModelSpec("fastinst-test-r50-d2", _TEST, (320, 427)),
-        ModelSpec("fastinst-test-r50vd-dcn-d1", _TEST_VD, (320, 427)),
-    )
-}  # fmt: skip
+_D1, _D3 = (576, 777), (640, 853)
+_SPECS = (
+    ModelSpec("fastinst-r50-d1", replace(_R50, dec_layers=1), _D1, "fastinst_R50_ppm-fpn_x1_576_34.9.pth", 34.9),
+    ModelSpec("fastinst-r50-d3", _R50, _D3, "fastinst_R50_ppm-fpn_x3_640_37.9.pth", 37.9),
+    ModelSpec(
+        "fastinst-r101-d3", replace(_R50, layers=(3, 4, 23, 3)), _D3, "fastinst_R101_ppm-fpn_x3_640_38.9.pth", 38.9
+    ),
+    ModelSpec(
+        "fastinst-r50vd-dcn-d1", replace(_R50VD, dec_layers=1), _D1, "fastinst_R50-vd-dcn_ppm-fpn_x1_576_37.4.pth", 37.4
+    ),
+    ModelSpec("fastinst-r50vd-dcn-d3", _R50VD, _D3, "fastinst_R50-vd-dcn_ppm-fpn_x3_640_40.1.pth", 40.1),
+    ModelSpec("fastinst-test-r50-d2", _TEST, (320, 427)),
+    ModelSpec("fastinst-test-r50vd-dcn-d1", _TEST_VD, (320, 427)),
+)
+MODELS: dict[str, ModelSpec] = {s.name: s for s in _SPECS}

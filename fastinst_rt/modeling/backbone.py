@@ -73,7 +73,9 @@ class ResNet(nn.Module):
         self.stem = BasicStem(stem_channels)
         cin = stem_channels
         for i, (n, width, cout) in enumerate(zip(layers, widths, out_channels)):
-            blocks = [BottleneckBlock(cin if b == 0 else cout, width, cout, 2 if (b == 0 and i > 0) else 1) for b in range(n)]
+            blocks = [
+                BottleneckBlock(cin if b == 0 else cout, width, cout, 2 if (b == 0 and i > 0) else 1) for b in range(n)
+            ]
             self.add_module(f"res{i + 2}", nn.Sequential(*blocks))
             cin = cout
         self.out_channels = {f"res{i + 2}": c for i, c in enumerate(out_channels)}
@@ -153,7 +155,9 @@ class ResNetVD(nn.Module):
         self.bn1 = FrozenBatchNorm2d(cin)
         for i, (n, width, cout, deform) in enumerate(zip(layers, widths, out_channels, deform_stages)):
             stride = 1 if i == 0 else 2
-            blocks = [VDBottleneck(cin if b == 0 else cout, width, cout, stride if b == 0 else 1, deform) for b in range(n)]
+            blocks = [
+                VDBottleneck(cin if b == 0 else cout, width, cout, stride if b == 0 else 1, deform) for b in range(n)
+            ]
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
             cin = cout
         self.out_channels = {f"res{i + 2}": c for i, c in enumerate(out_channels)}

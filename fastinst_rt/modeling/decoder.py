@@ -73,10 +73,16 @@ class FastInstDecoder(nn.Module):
         def layers(make: Callable[[], nn.Module], n: int) -> nn.ModuleList:
             return nn.ModuleList(make() for _ in range(n))
 
-        self.transformer_query_cross_attention_layers = layers(lambda: CrossAttentionLayer(hidden_dim, nheads), dec_layers)
-        self.transformer_query_self_attention_layers = layers(lambda: SelfAttentionLayer(hidden_dim, nheads), dec_layers)
+        self.transformer_query_cross_attention_layers = layers(
+            lambda: CrossAttentionLayer(hidden_dim, nheads), dec_layers
+        )
+        self.transformer_query_self_attention_layers = layers(
+            lambda: SelfAttentionLayer(hidden_dim, nheads), dec_layers
+        )
         self.transformer_query_ffn_layers = layers(lambda: FFNLayer(hidden_dim, dim_feedforward), dec_layers)
-        self.transformer_mask_cross_attention_layers = layers(lambda: CrossAttentionLayer(hidden_dim, nheads), dec_layers)
+        self.transformer_mask_cross_attention_layers = layers(
+            lambda: CrossAttentionLayer(hidden_dim, nheads), dec_layers
+        )
         self.transformer_mask_ffn_layers = layers(lambda: FFNLayer(hidden_dim, dim_feedforward), dec_layers)
         # Prediction heads: index 0 decodes the initial queries, index l + 1 the output of layer l.
         self.decoder_query_norm_layers = layers(lambda: nn.LayerNorm(hidden_dim), dec_layers + 1)

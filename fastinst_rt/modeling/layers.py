@@ -63,9 +63,7 @@ class Conv2d(nn.Conv2d):
     The norm is a child named ``norm`` so that checkpoint keys read ``<name>.weight``, ``<name>.norm.weight``.
     """
 
-    def __init__(
-        self, *args, norm: nn.Module | None = None, activation: nn.Module | None = None, **kwargs
-    ) -> None:
+    def __init__(self, *args, norm: nn.Module | None = None, activation: nn.Module | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.norm = norm
         self.activation = activation

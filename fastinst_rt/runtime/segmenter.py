@@ -104,7 +104,11 @@ class Segmenter:
             results.append(Results(masks, scores, labels, self.class_names))
         t3 = time.perf_counter()
         n = len(images)
-        speed = {"preprocess": (t1 - t0) * 1e3 / n, "inference": (t2 - t1) * 1e3 / n, "postprocess": (t3 - t2) * 1e3 / n}
+        speed = {
+            "preprocess": (t1 - t0) * 1e3 / n,
+            "inference": (t2 - t1) * 1e3 / n,
+            "postprocess": (t3 - t2) * 1e3 / n,
+        }
         for r in results:
             r.speed = dict(speed)
         return results

@@ -60,7 +60,7 @@ class Backend(ABC):
     @abstractmethod
     def _infer(self, batch: np.ndarray, sizes: np.ndarray) -> dict[str, np.ndarray]: ...
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing to release
         """Release the model and any device memory."""
 
     def __enter__(self) -> Backend:

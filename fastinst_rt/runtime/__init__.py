@@ -1,0 +1,1 @@
+"""The deployment runtime: ``Segmenter``, results, pre/post-processing shared by every backend."""
