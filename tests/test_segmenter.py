@@ -117,3 +117,8 @@ def test_dcn_variant_and_official_checkpoint(tiny_official: dict[str, Path], pho
     res = seg.predict(photo_wide, color="rgb")
     assert len(res) == 20 and res.masks.shape == (20, 400, 600)
     assert "Segmenter" in repr(seg) and seg.min_size == 320
+
+
+def test_half_precision_needs_cuda(tiny_checkpoints: dict[str, Path]) -> None:
+    with pytest.raises(ValueError, match="CUDA"):
+        Segmenter(tiny_checkpoints[TEST_VARIANTS[0]], device="cpu", half=True)

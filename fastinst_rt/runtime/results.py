@@ -1,0 +1,197 @@
+"""One image's instances, as every backend returns them: masks, scores, labels, boxes, and ways to use them.
+
+Numpy/cv2/pycocotools only, so results from the ONNX Runtime and TensorRT backends need no torch.
+"""
+
+from __future__ import annotations
+
+import colorsys
+from collections.abc import Sequence
+from typing import Any, Union
+
+import cv2
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from .postprocess import boxes_from_masks
+
+__all__ = ["Results"]
+
+Index = Union[int, slice, Sequence[int], np.ndarray]
+
+
+class Results:
+    """The instances found in one image.
+
+    Attributes:
+        masks: (N, H, W) bool, at the original image size.
+        scores: (N,) float32, class probability x mask score.
+        labels: (N,) int64, indices into ``class_names``.
+        boxes: (N, 4) float32 xyxy pixel-edge boxes (x2, y2 exclusive), from the masks unless given.
+        class_names: the model's class names, indexed by label.
+        orig_shape: (H, W) of the image.
+        speed: milliseconds per stage (e.g. ``{"preprocess": 1.2, "inference": 8.0, "postprocess": 3.1}``).
+    """
+
+    def __init__(
+        self,
+        masks: np.ndarray,
+        scores: np.ndarray,
+        labels: np.ndarray,
+        class_names: Sequence[str],
+        boxes: np.ndarray | None = None,
+        speed: dict[str, float] | None = None,
+    ) -> None:
+        masks, scores, labels = np.asarray(masks), np.asarray(scores), np.asarray(labels)
+        if masks.ndim != 3 or masks.dtype != bool:
+            raise ValueError(f"masks must be (N, H, W) bool, got {masks.dtype} {masks.shape}")
+        n = masks.shape[0]
+        if scores.shape != (n,) or not np.issubdtype(scores.dtype, np.floating):
+            raise ValueError(f"scores must be ({n},) float to match masks, got {scores.dtype} {scores.shape}")
+        if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(f"labels must be ({n},) integer to match masks, got {labels.dtype} {labels.shape}")
+        self.class_names = list(class_names)
+        if n and (labels.min() < 0 or labels.max() >= len(self.class_names)):
+            raise ValueError(f"labels must be in 0..{len(self.class_names) - 1}, got {labels.min()}..{labels.max()}")
+        if boxes is None:
+            boxes = boxes_from_masks(masks)
+        boxes = np.asarray(boxes)
+        if boxes.shape != (n, 4) or not np.issubdtype(boxes.dtype, np.number):
+            raise ValueError(f"boxes must be ({n}, 4) xyxy, got {boxes.dtype} {boxes.shape}")
+        self.masks = masks
+        self.scores = scores.astype(np.float32, copy=False)
+        self.labels = labels.astype(np.int64, copy=False)
+        self.boxes = boxes.astype(np.float32, copy=False)
+        self.orig_shape: tuple[int, int] = (int(masks.shape[1]), int(masks.shape[2]))
+        self.speed: dict[str, float] = dict(speed or {})
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+    def __getitem__(self, index: Index) -> Results:
+        """A new Results with the selected instances; an int index keeps a length-1 Results."""
+        if isinstance(index, (int, np.integer)):
+            i = int(index)
+            if not -len(self) <= i < len(self):
+                raise IndexError(f"instance index {i} out of range for {len(self)} instances")
+            index = slice(i % len(self), i % len(self) + 1)
+        elif not isinstance(index, slice):
+            index = np.asarray(index)
+            if index.dtype == bool and index.shape != (len(self),):
+                raise IndexError(f"boolean index of shape {index.shape} for {len(self)} instances")
+            if index.dtype != bool and not np.issubdtype(index.dtype, np.integer):
+                raise IndexError(f"index must be int, slice, int array or bool array, got {index.dtype}")
+        return Results(
+            self.masks[index], self.scores[index], self.labels[index], self.class_names, self.boxes[index], self.speed
+        )
+
+    def __repr__(self) -> str:
+        names = ", ".join(self.names[:5]) + (", ..." if len(self) > 5 else "")
+        return f"Results(n={len(self)}, orig_shape={self.orig_shape}, names=[{names}])"
+
+    @property
+    def names(self) -> list[str]:
+        """Class name of each instance, in order."""
+        return [self.class_names[i] for i in self.labels.tolist()]
+
+    def filter(self, conf: float) -> Results:
+        """The instances with score >= ``conf``."""
+        return self[self.scores >= conf]
+
+    def to_coco(self, image_id: int, category_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
+        """COCO result dicts, JSON-serialisable, one per instance.
+
+        Each has ``image_id``, ``category_id`` (``category_ids[label]`` if given, e.g. the 80 COCO ids for the
+        contiguous labels 0..79, else the label), ``segmentation`` (compressed RLE, counts as str), ``score`` and
+        ``bbox`` as [x, y, w, h] floats.
+        """
+        if category_ids is not None and len(category_ids) != len(self.class_names):
+            raise ValueError(f"{len(category_ids)} category_ids for {len(self.class_names)} classes")
+        if len(self) == 0:
+            return []
+        # pycocotools wants (H, W, N) uint8 in Fortran order.
+        rles = mask_utils.encode(np.asfortranarray(self.masks.transpose(1, 2, 0).astype(np.uint8)))
+        out = []
+        for rle, score, label, (x1, y1, x2, y2) in zip(rles, self.scores.tolist(), self.labels.tolist(), self.boxes):
+            out.append(
+                {
+                    "image_id": int(image_id),
+                    "category_id": int(category_ids[label]) if category_ids is not None else int(label),
+                    "segmentation": {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")},
+                    "score": float(score),
+                    "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)],
+                }
+            )
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable summary without masks: labels, names, scores, boxes (xyxy), orig_shape, speed."""
+        return {
+            "labels": self.labels.tolist(),
+            "names": self.names,
+            "scores": [float(s) for s in self.scores],
+            "boxes": self.boxes.tolist(),
+            "orig_shape": list(self.orig_shape),
+            "speed": {k: float(v) for k, v in self.speed.items()},
+        }
+
+    def draw(self, image: np.ndarray, color: str = "bgr", alpha: float = 0.5, show_labels: bool = True) -> np.ndarray:
+        """An annotated copy of ``image``: translucent class-coloured masks, contours, boxes and "name score" labels.
+
+        Args:
+            image: (H, W, 3) uint8 with (H, W) == ``orig_shape``; not modified.
+            color: channel order of ``image`` (and of the result), ``"bgr"`` or ``"rgb"``.
+            alpha: mask opacity in [0, 1].
+            show_labels: draw boxes and labels, not only masks and contours.
+
+        Returns:
+            (H, W, 3) uint8, same channel order as ``image``.
+        """
+        if color not in ("bgr", "rgb"):
+            raise ValueError(f"color must be 'bgr' or 'rgb', got {color!r}")
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"image must be HxWx3 uint8, got {image.dtype} {image.shape}")
+        if image.shape[:2] != self.orig_shape:
+            raise ValueError(f"image is {image.shape[:2]} but the results are for {self.orig_shape}")
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        out = np.array(image, order="C", copy=True)
+        thick = max(1, round(min(self.orig_shape) / 400))
+        # Lowest score first, so the most confident instances end up on top.
+        for i in np.argsort(self.scores, kind="stable"):
+            x1, y1, x2, y2 = (int(v) for v in self.boxes[i])
+            if x2 <= x1 or y2 <= y1:
+                continue  # empty mask: nothing to draw
+            rgb = _class_color(int(self.labels[i]))
+            col = rgb[::-1] if color == "bgr" else rgb
+            # Work inside the box only: the masks are sparse and whole-image boolean indexing is N x H x W.
+            m = self.masks[i, y1:y2, x1:x2]
+            region = out[y1:y2, x1:x2]
+            region[m] = (region[m] * (1.0 - alpha) + np.array(col) * alpha + 0.5).astype(np.uint8)
+            contours, _ = cv2.findContours(
+                m.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE, offset=(x1, y1)
+            )
+            cv2.drawContours(out, contours, -1, col, thick, cv2.LINE_AA)
+            if show_labels:
+                cv2.rectangle(out, (x1, y1), (x2 - 1, y2 - 1), col, thick)
+                _put_label(out, f"{self.class_names[self.labels[i]]} {self.scores[i]:.2f}", (x1, y1), col, thick)
+        return out
+
+
+def _class_color(label: int) -> tuple[int, int, int]:
+    """A fixed, well-spread RGB colour per class: hues stepped by the golden ratio, alternating brightness."""
+    hue = (label * 0.618033988749895) % 1.0
+    r, g, b = colorsys.hsv_to_rgb(hue, 0.75, 1.0 if label % 2 == 0 else 0.8)
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+def _put_label(img: np.ndarray, text: str, xy: tuple[int, int], col: tuple[int, int, int], thick: int) -> None:
+    """Write ``text`` on a filled ``col`` background above the top-left corner ``xy`` (inside if at the top)."""
+    font, scale = cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thick
+    (tw, th), base = cv2.getTextSize(text, font, scale, thick)
+    x, y = xy
+    y = y if y - th - base >= 0 else y + th + base  # no room above: put it inside the box
+    cv2.rectangle(img, (x, y - th - base), (x + tw, y), col, -1)
+    # Black or white text, whichever reads better on the background.
+    ink = (0, 0, 0) if sum(col) > 380 else (255, 255, 255)
+    cv2.putText(img, text, (x, y - base), font, scale, ink, thick, cv2.LINE_AA)
