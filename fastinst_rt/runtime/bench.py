@@ -1,0 +1,226 @@
+"""Latency of ``Segmenter.predict`` per stage, for several models or backends measured side by side.
+
+What is timed: ``preprocess`` (decode-free: the image is already in memory; resize, pad), ``inference`` (the
+backend call, including host/device copies), ``postprocess`` (scoring, mask upsampling to the original size,
+boxes), and ``total`` (the whole ``predict_batch`` call, wall clock). Runs are interleaved iteration by
+iteration, so a load that comes and goes on the machine affects every run alike. Percentiles are over
+``iters`` timed iterations after ``warmup`` untimed ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .preprocess import load_image
+from .segmenter import Segmenter
+
+__all__ = ["BenchRun", "benchmark", "markdown_table", "plot_runs", "machine_info", "STAGES"]
+
+STAGES = ("preprocess", "inference", "postprocess", "total")
+
+
+@dataclass
+class BenchRun:
+    """One model on one backend: per-stage statistics in milliseconds per batch, FPS in images per second."""
+
+    model: str
+    backend: str
+    device: str
+    precision: str
+    batch: int
+    input_size: list[int]  # padded network input (H, W)
+    stages: dict[str, dict[str, float]] = field(default_factory=dict)
+    fps: float = 0.0
+    instances: int = 0
+    peak_memory_mb: float = 0.0
+    memory_kind: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _stats(samples: Sequence[float]) -> dict[str, float]:
+    a = np.asarray(samples, dtype=np.float64)
+    p50, p90, p99 = np.percentile(a, [50, 90, 99])
+    return {"mean": float(a.mean()), "p50": float(p50), "p90": float(p90), "p99": float(p99),
+            "min": float(a.min()), "max": float(a.max())}  # fmt: skip
+
+
+def _peak_rss_mb() -> float:
+    # ru_maxrss is kilobytes on Linux, bytes on macOS; a process-wide high-water mark.
+    scale = 1 / 1024 if sys.platform != "darwin" else 1 / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def _cuda_peak_mb(seg: Segmenter, reset: bool) -> float | None:
+    if "torch" not in sys.modules or seg.backend.kind != "torch":
+        return None  # never import torch for a torch-free backend
+    import torch
+
+    if (
+        not torch.cuda.is_available()
+        or getattr(seg.backend, "device", None) is None
+        or seg.backend.device.type != "cuda"
+    ):
+        return None
+    if reset:
+        torch.cuda.reset_peak_memory_stats(seg.backend.device)
+        return 0.0
+    return torch.cuda.max_memory_allocated(seg.backend.device) / 2**20
+
+
+def benchmark(
+    segmenters: Sequence[Segmenter],
+    image: str | os.PathLike | np.ndarray,
+    *,
+    batch: int = 1,
+    warmup: int = 5,
+    iters: int = 50,
+    labels: Sequence[str] | None = None,
+    progress: bool = True,
+) -> list[BenchRun]:
+    """Time every segmenter on the same image(s), interleaved, and summarise each.
+
+    Args:
+        segmenters: already configured (model, backend, device, test size, conf).
+        image: a path or an RGB HxWx3 uint8 array; a batch repeats it ``batch`` times.
+        labels: display names of the runs (default: model name).
+    """
+    from tqdm import tqdm
+
+    rgb = load_image(image) if not isinstance(image, np.ndarray) else image
+    images = [rgb] * batch
+    labels = list(labels or [s.backend.info.name for s in segmenters])
+    samples: list[dict[str, list[float]]] = [{k: [] for k in STAGES} for _ in segmenters]
+    instances = [0] * len(segmenters)
+    for seg in segmenters:
+        for _ in range(warmup):
+            seg.predict_batch(images, color="rgb")
+        _cuda_peak_mb(seg, reset=True)
+    for _ in tqdm(range(iters), desc="bench", disable=not progress):
+        for i, seg in enumerate(segmenters):
+            start = time.perf_counter()
+            results = seg.predict_batch(images, color="rgb")
+            total = (time.perf_counter() - start) * 1e3
+            for stage in ("preprocess", "inference", "postprocess"):
+                samples[i][stage].append(results[0].speed[stage] * batch)
+            samples[i]["total"].append(total)
+            instances[i] = len(results[0])
+    runs = []
+    for i, seg in enumerate(segmenters):
+        describe = seg.backend.describe()
+        padded = seg._prepare([rgb])[0].shape[-2:]
+        cuda_peak = _cuda_peak_mb(seg, reset=False)
+        run = BenchRun(
+            model=labels[i],
+            backend=seg.backend.kind,
+            device=str(describe.get("device", "cpu")),
+            precision=str(describe.get("precision", "fp32")),
+            batch=batch,
+            input_size=[int(padded[0]), int(padded[1])],
+            stages={k: _stats(v) for k, v in samples[i].items()},
+            instances=instances[i],
+            peak_memory_mb=cuda_peak if cuda_peak is not None else _peak_rss_mb(),
+            memory_kind="cuda max allocated" if cuda_peak is not None else "process peak RSS",
+        )
+        run.fps = 1e3 * batch / run.stages["total"]["p50"]
+        runs.append(run)
+    return runs
+
+
+def machine_info() -> dict:
+    """CPU, clocks where readable, GPU, and library versions, recorded beside every result."""
+    info: dict = {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count()}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    freq = Path("/sys/devices/system/cpu/cpu0/cpufreq/scaling_cur_freq")
+    if freq.exists():
+        info["cpu_mhz"] = int(freq.read_text()) / 1000
+    versions = {}
+    for name in ("numpy", "cv2", "torch", "onnxruntime", "tensorrt"):
+        module = sys.modules.get(name)
+        if module is not None:
+            versions[name] = getattr(module, "__version__", "?")
+    info["versions"] = versions
+    if "torch" in sys.modules:
+        import torch
+
+        info["torch_threads"] = torch.get_num_threads()
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def markdown_table(runs: Sequence[BenchRun]) -> str:
+    """One row per run: p50 / p90 / p99 ms of every stage, FPS, instances, memory."""
+    head = ["model", "backend", "device", "prec", "batch", "input"]
+    head += [f"{s} p50/p90/p99 ms" for s in STAGES] + ["FPS", "inst", "peak MB"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in runs:
+        cells = [r.model, r.backend, r.device, r.precision, str(r.batch), "x".join(map(str, r.input_size))]
+        cells += ["{p50:.1f} / {p90:.1f} / {p99:.1f}".format(**r.stages[s]) for s in STAGES]
+        cells += [f"{r.fps:.1f}", str(r.instances), f"{r.peak_memory_mb:.0f}"]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def write_json(runs: Sequence[BenchRun], path: str | os.PathLike, extra: dict | None = None) -> None:
+    """``{"machine": ..., "runs": [...]}`` written whole (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(
+        json.dumps({"machine": machine_info(), **(extra or {}), "runs": [r.to_dict() for r in runs]}, indent=2)
+    )
+    tmp.replace(path)
+
+
+def plot_runs(runs: Sequence[BenchRun], path: str | os.PathLike, title: str = "") -> None:
+    """A PNG: per run, stacked p50 bars of pre/inference/post with the p90 of the total as a whisker."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise RuntimeError("--plot needs matplotlib: pip install 'fastinst-rt[plot]'") from e
+    names = [f"{r.model}\n{r.backend} {r.device} {r.precision}" for r in runs]
+    fig, ax = plt.subplots(figsize=(max(6.0, 2.2 * len(runs)), 4.5))
+    bottom = np.zeros(len(runs))
+    colors = {"preprocess": "#8da0cb", "inference": "#fc8d62", "postprocess": "#66c2a5"}
+    for stage, color in colors.items():
+        values = np.array([r.stages[stage]["p50"] for r in runs])
+        ax.bar(names, values, bottom=bottom, color=color, label=f"{stage} (p50)")
+        bottom += values
+    totals = np.array([r.stages["total"]["p50"] for r in runs])
+    p90 = np.array([r.stages["total"]["p90"] for r in runs])
+    ax.errorbar(names, totals, yerr=[np.zeros_like(p90), np.maximum(p90 - totals, 0)], fmt="none", ecolor="k",
+                capsize=6, label="total p50 -> p90")  # fmt: skip
+    top = np.maximum(p90, totals)
+    for x, (t, r) in enumerate(zip(top, runs)):
+        ax.text(
+            x, t * 1.02, f"{r.stages['total']['p50']:.1f} ms\n{r.fps:.1f} FPS", ha="center", va="bottom", fontsize=9
+        )
+    ax.set_ylabel("milliseconds per batch")
+    ax.set_ylim(0, top.max() * 1.25)
+    ax.set_title(title or "fastinst-rt latency per stage")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
