@@ -14,7 +14,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["boxes_from_masks", "instances_from_outputs", "upsample_mask_logits"]
+__all__ = ["boxes_from_masks", "instances_from_outputs", "instances_from_selected", "upsample_mask_logits"]
 
 # Masks are resized one map at a time, not as an (H, W, n) stack, measured with OpenCV 5.0 (IPP build):
 # - a 1-channel float resize takes OpenCV's IPP/HAL path, ~6x faster than one multi-channel call for 100 COCO-sized
@@ -79,20 +79,78 @@ def instances_from_outputs(
         return np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros((0, H, W), bool)
 
     unique_q, inverse = np.unique(queries, return_inverse=True)
-    masks_u = np.empty((unique_q.size, H, W), dtype=bool)
-    mask_scores = np.empty(unique_q.size, dtype=np.float32)
-    for j, q in enumerate(unique_q.tolist()):
-        logit = upsample_mask_logits(low[q : q + 1], resized_size, padded_size, orig_size)[0]
+    masks_u, mask_scores = _masks_and_scores(low[unique_q], resized_size, padded_size, orig_size)
+    return _rank(probs[order], labels, masks_u, mask_scores, inverse, conf)
+
+
+def instances_from_selected(
+    class_scores: np.ndarray,
+    labels: np.ndarray,
+    mask_logits: np.ndarray,
+    resized_size: tuple[int, int],
+    padded_size: tuple[int, int],
+    orig_size: tuple[int, int],
+    *,
+    conf: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Scored instances from query x class pairs already selected by an end-to-end graph.
+
+    Args:
+        class_scores: (N,) class probabilities of the pairs, in the graph's order (descending, ties by pair index).
+        labels: (N,) class indices.
+        mask_logits: (N, h, w) low-resolution mask logits of each pair's query (repeated for a query kept with
+            several classes).
+        resized_size, padded_size, orig_size, conf: as in ``instances_from_outputs``.
+
+    Returns:
+        ``(scores, labels, masks)`` as ``instances_from_outputs`` gives them for the raw outputs the pairs were
+        selected from (same mask scoring, upsampling and ranking; each distinct mask map upsampled once).
+    """
+    probs = np.asarray(class_scores, dtype=np.float32).reshape(-1)
+    labels = np.asarray(labels).reshape(-1).astype(np.int64)
+    low = np.asarray(mask_logits, dtype=np.float32)
+    if labels.shape != probs.shape or low.ndim != 3 or low.shape[0] != probs.size:
+        raise ValueError(f"need scores (N,), labels (N,), masks (N,h,w); got {probs.shape} {labels.shape} {low.shape}")
+    (hr, wr), (hp, wp), (H, W) = resized_size, padded_size, orig_size
+    if not (0 < hr <= hp and 0 < wr <= wp and H > 0 and W > 0):
+        raise ValueError(f"bad sizes: resized {resized_size}, padded {padded_size}, orig {orig_size}")
+    keep = np.flatnonzero(probs >= conf)  # mask score <= 1: below conf on class probability alone, never kept
+    if keep.size == 0:
+        return np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros((0, H, W), bool)
+    probs, labels, low = probs[keep], labels[keep], low[keep]
+    # Pairs of one query carry identical maps (the graph has no query index output): upsample each map once.
+    first: dict[bytes, int] = {}
+    inverse = np.array([first.setdefault(m.tobytes(), len(first)) for m in low], dtype=np.int64)
+    unique = np.unique(inverse, return_index=True)[1]
+    masks_u, mask_scores = _masks_and_scores(low[unique], resized_size, padded_size, orig_size)
+    return _rank(probs, labels, masks_u, mask_scores, inverse, conf)
+
+
+def _masks_and_scores(
+    low: np.ndarray, resized_size: tuple[int, int], padded_size: tuple[int, int], orig_size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(n, h, w) mask logits -> binary masks (n, H, W) at the original size and mask scores (n,) float32."""
+    H, W = orig_size
+    masks_u = np.empty((low.shape[0], H, W), dtype=bool)
+    mask_scores = np.empty(low.shape[0], dtype=np.float32)
+    for j in range(low.shape[0]):
+        logit = upsample_mask_logits(low[j : j + 1], resized_size, padded_size, orig_size)[0]
         np.greater(logit, 0, out=masks_u[j])  # == sigmoid > 0.5, strict as in the official code
         # Only positive pixels count (the official sum multiplies by the binary mask), usually a few percent of the
         # image: take the sigmoid of those alone. float64 sums avoid float32 drift over ~1e5 terms.
         positive = logit[masks_u[j]].astype(np.float64)
         mask_scores[j] = (1.0 / (1.0 + np.exp(-positive))).sum() / (positive.size + 1e-6)
+    return masks_u, mask_scores
 
-    scores = probs[order] * mask_scores[inverse]
+
+def _rank(
+    probs: np.ndarray, labels: np.ndarray, masks: np.ndarray, mask_scores: np.ndarray, inverse: np.ndarray, conf: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    # Final score = class probability x mask score; keep >= conf; stable sort, so ties keep the pair order.
+    scores = probs * mask_scores[inverse]
     keep = np.flatnonzero(scores >= conf)
     keep = keep[np.argsort(-scores[keep], kind="stable")]
-    return scores[keep].astype(np.float32), labels[keep].astype(np.int64), masks_u[inverse[keep]]
+    return scores[keep].astype(np.float32), labels[keep].astype(np.int64), masks[inverse[keep]]
 
 
 def upsample_mask_logits(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +25,8 @@ class BackendInfo:
     test_size: tuple[int, int]  # (short side, long-side cap) of the test-time resize
     size_divisibility: int = 32
     fixed_size: tuple[int, int] | None = None  # (H, W) when the artifact only accepts one padded input size
-    max_batch: int | None = None
+    max_batch: int | None = None  # largest batch the artifact takes (None: any)
+    fixed_batch: bool = True  # whether it takes exactly max_batch images (a static graph) or up to max_batch
 
     @property
     def num_classes(self) -> int:
@@ -59,6 +61,25 @@ class Backend(ABC):
 
     @abstractmethod
     def _infer(self, batch: np.ndarray, sizes: np.ndarray) -> dict[str, np.ndarray]: ...
+
+    def _split_batches(
+        self, batch: np.ndarray, sizes: np.ndarray, run: Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]]
+    ) -> dict[str, np.ndarray]:
+        """Call ``run`` on chunks of at most ``info.max_batch`` images; a fixed-batch artifact gets short chunks
+        padded with copies of the last image, whose outputs are dropped."""
+        max_batch, b = self.info.max_batch, batch.shape[0]
+        if max_batch is None or b == max_batch:
+            return run(batch, sizes)
+        parts = []
+        for start in range(0, b, max_batch):
+            chunk, chunk_sizes = batch[start : start + max_batch], sizes[start : start + max_batch]
+            n = chunk.shape[0]
+            if n < max_batch and self.info.fixed_batch:
+                fill = max_batch - n
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fill, axis=0)])
+                chunk_sizes = np.concatenate([chunk_sizes, np.repeat(chunk_sizes[-1:], fill, axis=0)])
+            parts.append({k: v[:n] for k, v in run(chunk, chunk_sizes).items()})
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing to release
         """Release the model and any device memory."""

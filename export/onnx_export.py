@@ -1,0 +1,388 @@
+"""Export FastInst to ONNX: the deploy wrapper traced, checked, optionally simplified, verified, with metadata.
+
+Exporter choice (``notes/tensorrt-onnx.md`` §8, Recommendation 9): opset >= 18 goes through the dynamo exporter
+(``dynamo=True``, ``dynamic_shapes``), which is needed for ONNX ``DeformConv`` (opset 19); opset <= 17 (the
+TensorRT 8.x artifact) goes through the TorchScript exporter (``dynamo=False``), because the dynamo exporter's
+down-conversion to 17 fails on this model (no Pad/Reduce adapters) and would leave opset 18. The TorchScript path is
+static-only: its tracer bakes sizes read off tensors into constants (measured: a "dynamic" opset-17 graph fails at
+any other size). Either way the opset actually written is asserted afterwards, and ``check_graph`` must find no
+problem; the graph is then checked against the torch wrapper on ONNX Runtime (except plugin graphs, which ORT
+cannot run).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import math
+import os
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from fastinst_rt import __version__
+from fastinst_rt.checkpoint import ModelInfo, load_checkpoint
+from fastinst_rt.coco import COCO_CLASSES
+from fastinst_rt.modeling.fastinst import SIZE_DIVISIBILITY, FastInst
+from fastinst_rt.modeling.layers import DeformConv
+from fastinst_rt.runtime.backends.ort import METADATA_FORMAT, OUTPUT_NAMES
+from fastinst_rt.zoo import DEFAULT_TEST_SIZE
+
+from .checks import check_graph, graph_opset
+from .deploy import MASK_STRIDE, DeployModel
+
+__all__ = ["export_onnx", "parse_imgsz", "default_imgsz"]
+
+DEFAULT_OPSET = 19  # ONNX DeformConv; TensorRT >= 10.1 and ONNX Runtime >= 1.25
+PLUGIN_OPSET = 17  # TensorRT 8.6's parser reads opset <= 17
+MAX_OPSET = 21
+# Verification tolerance (relative L2 of sorted outputs) between the torch wrapper and ONNX Runtime. FP16 is gated
+# on the class outputs only: its mask logits and boxes move with float16 rounding (measured 1e-2..5e-2 on random
+# full-size weights), which is reported, not refused.
+_VERIFY_TOL = {"fp32": 1e-3, "fp16": 5e-2}
+_FP16_GATED = ("scores", "pred_logits")
+
+
+def _ceil32(v: int) -> int:
+    return int(math.ceil(v / SIZE_DIVISIBILITY) * SIZE_DIVISIBILITY)
+
+
+def default_imgsz(test_size: tuple[int, int]) -> tuple[int, int]:
+    """The fixed input of a static export: the test resize's landscape bounds rounded up to /32 (576/777 ->
+    576x800, 640/853 -> 640x864). Portrait images are shrunk to fit by the runtime."""
+    return _ceil32(test_size[0]), _ceil32(test_size[1])
+
+
+def parse_imgsz(imgsz: int | str | tuple[int, int] | list[int]) -> tuple[int, int]:
+    """ "HxW", "N" (square), N or (H, W) -> (H, W), each rounded up to a multiple of 32."""
+    if isinstance(imgsz, str):
+        parts = imgsz.lower().replace(",", "x").split("x")
+        try:
+            values = [int(p) for p in parts]
+        except ValueError:
+            raise ValueError(f"--imgsz must be HxW or N, got {imgsz!r}") from None
+    elif isinstance(imgsz, int):
+        values = [imgsz]
+    else:
+        values = [int(v) for v in imgsz]
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or min(values) < SIZE_DIVISIBILITY:
+        raise ValueError(f"input size must be two sides >= {SIZE_DIVISIBILITY}, got {imgsz!r}")
+    return _ceil32(values[0]), _ceil32(values[1])
+
+
+def _log(progress: bool, msg: str) -> None:
+    if progress:
+        print(f"[fastinst-rt export] {msg}", file=sys.stderr, flush=True)
+
+
+def _load(model: FastInst | str | os.PathLike) -> tuple[FastInst, ModelInfo]:
+    if isinstance(model, FastInst):
+        info = getattr(model, "info", None)
+        if info is None:  # a bare module (e.g. built in a test): generic metadata
+            k = model.num_classes
+            names = COCO_CLASSES if k == len(COCO_CLASSES) else tuple(f"class{i}" for i in range(k))
+            info = ModelInfo("fastinst", None, tuple(names), DEFAULT_TEST_SIZE)  # type: ignore[arg-type]
+        return model.eval(), info
+    return load_checkpoint(model, "cpu")
+
+
+def export_onnx(
+    model: FastInst | str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    imgsz: int | str | tuple[int, int] | None = None,
+    dynamic: bool = False,
+    min_size: int | None = None,
+    max_size: int | None = None,
+    batch: int = 1,
+    fp16: bool = False,
+    raw: bool = False,
+    opset: int | None = None,
+    max_det: int = 100,
+    dcn_plugin: bool = False,
+    simplify: bool = True,
+    progress: bool = True,
+) -> Path:
+    """Export a FastInst checkpoint (path or zoo name) or module to an ONNX file; returns the written path.
+
+    Args:
+        model: checkpoint path, zoo name, or a ``FastInst`` (with ``.info`` from ``load_model`` for full metadata).
+        output: the ``.onnx`` path to write.
+        imgsz: fixed padded input (H, W) of a static graph, "HxW" or N; default ``default_imgsz(test size)``.
+        dynamic: batch, height and width dynamic (``imgsz`` then only sets the tracing example).
+        min_size, max_size: the test-time resize written into the metadata (default: the model's).
+        batch: the fixed batch of a static graph.
+        fp16: FP16-mixed graph (``deploy.make_exportable``); I/O stay uint8/int64 in, float32 out.
+        raw: outputs ``pred_logits``/``pred_masks`` instead of the end-to-end top-``max_det`` pairs.
+        opset: default 19 (17 with ``dcn_plugin``); <= 17 uses the TorchScript exporter (static shapes only),
+            >= 18 the dynamo one.
+        max_det: pairs kept by the end-to-end graph (TopK's constant k).
+        dcn_plugin: write DCN layers as TensorRT ``ModulatedDeformConv2d`` plugin nodes (for TensorRT 8.6); such a
+            graph does not run in ONNX Runtime.
+        simplify: run onnxslim when installed, keeping the result only if ONNX Runtime gives the same outputs.
+        progress: print the steps to stderr.
+    """
+    start = time.perf_counter()
+    output = Path(output)
+    net, info = _load(model)
+    has_dcn = any(isinstance(m, DeformConv) for m in net.modules())
+    if dcn_plugin and not has_dcn:
+        _log(progress, "the model has no deformable convolution: --dcn-plugin changes nothing")
+    dcn_plugin = dcn_plugin and has_dcn
+    opset = int(opset) if opset is not None else (PLUGIN_OPSET if dcn_plugin else DEFAULT_OPSET)
+    if not PLUGIN_OPSET <= opset <= MAX_OPSET:
+        raise ValueError(f"opset {opset} is not supported: use {PLUGIN_OPSET}..{MAX_OPSET}")
+    if has_dcn and not dcn_plugin and opset < 19:
+        raise ValueError(f"ONNX DeformConv needs opset >= 19, got {opset}; for TensorRT 8.6 use --dcn-plugin")
+    if dynamic and opset < 18:
+        # The TorchScript tracer bakes sizes read off tensors (the top-k gathers) into constants: measured, a dynamic
+        # opset-17 graph fails at any other input size. TensorRT 8.6 engines are built per size anyway.
+        raise ValueError(f"dynamic shapes need opset >= 18 (the dynamo exporter); opset {opset} graphs are static")
+    if batch < 1:
+        raise ValueError(f"batch must be positive, got {batch}")
+    test_size = (int(min_size or info.test_size[0]), int(max_size or info.test_size[1]))
+    size = parse_imgsz(imgsz) if imgsz is not None else default_imgsz(test_size)
+    q = net.decoder.num_queries
+    if (size[0] // 16) * (size[1] // 16) < q:
+        raise ValueError(f"input {size[0]}x{size[1]} is too small to select {q} queries at 1/16")
+
+    wrapper = DeployModel(net, raw=raw, max_det=max_det, fp16=fp16, dcn="trt-plugin" if dcn_plugin else "onnx").eval()
+    # Dynamic export traces batch 2: torch.export specializes an example dimension of size 1.
+    example_batch = 2 if dynamic else batch
+    images, sizes = _example_inputs(example_batch, size)
+    exporter = "dynamo" if opset >= 18 else "torchscript"
+    _log(progress, f"tracing {info.name} ({exporter} exporter, opset {opset}, {'dynamic' if dynamic else 'static'} "
+                   f"{'Bx3xHxW' if dynamic else f'{batch}x3x{size[0]}x{size[1]}'}, {'fp16' if fp16 else 'fp32'}, "
+                   f"{'raw' if raw else 'e2e'} outputs)")  # fmt: skip
+    t = time.perf_counter()
+    proto = _export(wrapper, images, sizes, opset, dynamic, exporter, progress)
+    _log(progress, f"exported {len(proto.graph.node)} nodes in {time.perf_counter() - t:.1f} s")
+    if graph_opset(proto) != opset:
+        raise RuntimeError(f"the exporter wrote opset {graph_opset(proto)} instead of the requested {opset}")
+    _set_io_shapes(proto, wrapper, batch=None if dynamic else batch, size=None if dynamic else size)
+
+    runnable = not dcn_plugin  # ONNX Runtime has no kernel for the TensorRT plugin node
+    precision = "fp16" if fp16 else "fp32"
+    feeds = {"images": images.numpy(), "sizes": sizes.numpy()} if runnable else None
+    if simplify:
+        proto = _simplify(proto, feeds, _VERIFY_TOL[precision] / 10, progress)
+    meta = _metadata(info, wrapper, test_size, size, dynamic, batch, fp16, opset, exporter, dcn_plugin, has_dcn)
+    for key, value in meta.items():
+        proto.metadata_props.add(key=key, value=json.dumps(value))
+    problems = check_graph(proto, opset=opset, fixed=not dynamic)
+    if problems:
+        raise RuntimeError("the exported graph is not deployable:\n  " + "\n  ".join(problems))
+    if runnable:
+        _verify(proto, wrapper, images, sizes, precision, progress)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(proto, os.fspath(output))
+    mb = output.stat().st_size / 2**20
+    _log(progress, f"wrote {output} ({mb:.1f} MB) in {time.perf_counter() - start:.1f} s")
+    return output
+
+
+def _example_inputs(batch: int, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    # A smooth synthetic image (gradients and stripes): realistic-enough activations for tracing and verification.
+    h, w = size
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
+    planes = [255 * xx, 255 * yy, 127.5 * (1 + torch.sin(12 * xx + 7 * yy))]
+    img = torch.stack(planes).clamp(0, 255).to(torch.uint8)
+    images = img[None].repeat(batch, 1, 1, 1)
+    # Unequal valid sizes so the padding mask is exercised: the last image leaves a margin bottom/right.
+    sizes = torch.tensor([[h, w]] * batch, dtype=torch.int64)
+    sizes[-1] = torch.tensor([h - h // 8, w - w // 8])
+    return images, sizes
+
+
+def _export(
+    wrapper: DeployModel,
+    images: torch.Tensor,
+    sizes: torch.Tensor,
+    opset: int,
+    dynamic: bool,
+    exporter: str,
+    progress: bool,
+) -> onnx.ModelProto:
+    names_in, names_out = list(wrapper.input_names), list(wrapper.output_names)
+    sink = sys.stderr if progress else io.StringIO()
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sink), tempfile.TemporaryDirectory() as tmp:
+        # The exporters' deprecation and tracer warnings are about their own internals, not about this model.
+        warnings.simplefilter("ignore")
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        try:
+            with torch.no_grad():
+                if exporter == "dynamo":
+                    dyn = None
+                    if dynamic:
+                        b = torch.export.Dim("batch", min=1, max=1024)
+                        hd = SIZE_DIVISIBILITY * torch.export.Dim("h32", min=2, max=1024)
+                        wd = SIZE_DIVISIBILITY * torch.export.Dim("w32", min=2, max=1024)
+                        dyn = {"images": {0: b, 2: hd, 3: wd}, "sizes": {0: b}}
+                    program = torch.onnx.export(
+                        wrapper, (images, sizes), None, dynamo=True, opset_version=opset, input_names=names_in,
+                        output_names=names_out, dynamic_shapes=dyn, verbose=False, optimize=True,
+                    )  # fmt: skip
+                    return program.model_proto
+                path = os.path.join(tmp, "model.onnx")
+                # Static shapes only (checked by the caller). autograd_inlining=False keeps the DCN autograd.Function
+                # one node for its symbolic.
+                torch.onnx.export(
+                    wrapper, (images, sizes), path, dynamo=False, opset_version=opset, input_names=names_in,
+                    output_names=names_out, do_constant_folding=True, autograd_inlining=False,
+                )  # fmt: skip
+                return onnx.load(path)
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
+
+
+def _set_io_shapes(
+    proto: onnx.ModelProto, wrapper: DeployModel, *, batch: int | None, size: tuple[int, int] | None
+) -> None:
+    """Write the I/O contract's shapes (exporters leave internal symbol names such as "4*s39")."""
+    b = batch if batch is not None else "batch"
+    h, w = size if size is not None else ("height", "width")
+    mh, mw = (h // MASK_STRIDE, w // MASK_STRIDE) if size is not None else ("mask_height", "mask_width")
+    q, k1, n = wrapper.model.decoder.num_queries, wrapper.model.num_classes + 1, wrapper.max_det
+    shapes = {
+        "images": [b, 3, h, w], "sizes": [b, 2], "pred_logits": [b, q, k1], "pred_masks": [b, q, mh, mw],
+        "scores": [b, n], "labels": [b, n], "masks": [b, n, mh, mw], "boxes": [b, n, 4],
+    }  # fmt: skip
+    for vi in list(proto.graph.input) + list(proto.graph.output):
+        dims = vi.type.tensor_type.shape.dim
+        del dims[:]
+        for d in shapes[vi.name]:
+            dims.add().CopyFrom(
+                onnx.TensorShapeProto.Dimension(**({"dim_value": d} if isinstance(d, int) else {"dim_param": d}))
+            )
+
+
+def _simplify(proto: onnx.ModelProto, feeds: dict | None, tol: float, progress: bool) -> onnx.ModelProto:
+    """onnxslim's graph if it computes the same outputs on ``feeds`` (ONNX Runtime; skipped when None)."""
+    try:
+        import onnxslim
+    except ImportError:
+        _log(progress, "onnxslim is not installed: skipping simplification")
+        return proto
+    before = len(proto.graph.node)
+    with contextlib.redirect_stdout(sys.stderr if progress else io.StringIO()):
+        slim = onnxslim.slim(proto)
+    if slim is None:
+        return proto
+    # onnxslim may rewrite I/O shapes from its own inference; the contract's shapes are kept.
+    _copy_io_shapes(proto, slim)
+    if feeds is not None:
+        err = max(_rel_sorted(a, b) for a, b in zip(_run(slim, feeds), _run(proto, feeds)))
+        if err > tol:
+            _log(progress, f"simplified graph differs from the exported one (rel {err:.1e}): keeping the original")
+            return proto
+    _log(progress, f"simplified with onnxslim: {before} -> {len(slim.graph.node)} nodes")
+    return slim
+
+
+def _copy_io_shapes(src: onnx.ModelProto, dst: onnx.ModelProto) -> None:
+    by_name = {vi.name: vi for vi in list(src.graph.input) + list(src.graph.output)}
+    for vi in list(dst.graph.input) + list(dst.graph.output):
+        if vi.name in by_name:
+            vi.type.CopyFrom(by_name[vi.name].type)
+
+
+def _run(proto: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)
+
+
+def _rel_sorted(a: np.ndarray, b: np.ndarray) -> float:
+    # Relative L2 error of the sorted values: queries or pairs whose selection scores tie may come out of top-k in
+    # another order (ties are broken differently by each implementation); that is not an error.
+    a, b = np.sort(np.asarray(a, np.float64), axis=None), np.sort(np.asarray(b, np.float64), axis=None)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12))
+
+
+def _verify(
+    proto: onnx.ModelProto,
+    wrapper: DeployModel,
+    images: torch.Tensor,
+    sizes: torch.Tensor,
+    precision: str,
+    progress: bool,
+) -> None:
+    """ONNX Runtime against the torch wrapper on the example batch (values compared sorted, see ``_rel_sorted``)."""
+    try:
+        got = _run(proto, {"images": images.numpy(), "sizes": sizes.numpy()})
+    except ImportError:
+        _log(progress, "onnxruntime is not installed: skipping verification")
+        return
+    with torch.no_grad():
+        ref = [t.numpy() for t in wrapper(images, sizes)]
+    errors = {}
+    for name, g, r in zip(wrapper.output_names, got, ref):
+        if not np.isfinite(g).all():
+            raise RuntimeError(f"ONNX Runtime output {name} holds NaN/inf")
+        if name != "labels":
+            errors[name] = _rel_sorted(g, r)
+    gated = [v for k, v in errors.items() if precision == "fp32" or k in _FP16_GATED]
+    _log(progress, "verified against torch: " + ", ".join(f"{k} {v:.1e}" for k, v in errors.items()))
+    if max(gated) > _VERIFY_TOL[precision]:
+        raise RuntimeError(f"ONNX Runtime disagrees with torch: {errors} (tolerance {_VERIFY_TOL[precision]})")
+
+
+def _metadata(
+    info: ModelInfo, wrapper: DeployModel, test_size: tuple[int, int], size: tuple[int, int], dynamic: bool,
+    batch: int, fp16: bool, opset: int, exporter: str, dcn_plugin: bool, has_dcn: bool,
+) -> dict:  # fmt: skip
+    """Everything the runtime needs, so that ``Segmenter("x.onnx")`` takes no other argument (values JSON)."""
+    m = wrapper.model
+    kind = "raw" if wrapper.raw else "e2e"
+    return {
+        "format": METADATA_FORMAT,
+        "fastinst_rt_version": __version__,
+        "model": info.name,
+        "class_names": list(info.class_names),
+        "test_size": list(test_size),
+        "size_divisibility": SIZE_DIVISIBILITY,
+        "inputs": [
+            {
+                "name": "images",
+                "dtype": "uint8",
+                "layout": "NCHW",
+                "color": "RGB",
+                "note": "resized image at the top left, zero padding bottom/right to multiples of size_divisibility",
+            },
+            {"name": "sizes", "dtype": "int64", "layout": "B2", "note": "valid (h, w) of each image"},
+        ],  # fmt: skip
+        "outputs": kind,
+        "output_names": list(OUTPUT_NAMES[kind]),
+        "max_det": None if wrapper.raw else wrapper.max_det,
+        "num_queries": m.decoder.num_queries,
+        "mask_stride": MASK_STRIDE,
+        "dynamic": dynamic,
+        "fixed_size": None if dynamic else list(size),
+        "batch": None if dynamic else batch,
+        "mean": [float(v) for v in m.pixel_mean.flatten()],
+        "std": [float(v) for v in m.pixel_std.flatten()],
+        "precision": "fp16" if fp16 else "fp32",
+        "opset": opset,
+        "exporter": f"torch.onnx {exporter} (torch {torch.__version__}, onnx {onnx.__version__})",
+        "dcn": "trt-plugin" if dcn_plugin else ("onnx" if has_dcn else "none"),
+        "source": os.path.basename(info.source) if info.source else "",
+        "source_sha256": info.sha256,
+        "config": info.config.to_dict() if info.config is not None else None,
+    }
