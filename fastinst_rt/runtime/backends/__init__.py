@@ -32,14 +32,33 @@ def backend_for(model: str | os.PathLike) -> str:
 
 
 def open_backend(
-    model: str | os.PathLike, backend: str | None = None, device: str | None = None, half: bool = False
+    model: str | os.PathLike,
+    backend: str | None = None,
+    device: str | None = None,
+    half: bool = False,
+    cuda_graph: bool = False,
 ) -> Backend:
-    """Load ``model`` on ``backend`` (default from the file type)."""
+    """Load ``model`` on ``backend`` (default from the file type).
+
+    ``half`` (torch on CUDA) and ``cuda_graph`` (torch and TensorRT on CUDA) are refused where they do not apply.
+    """
     backend = backend or backend_for(model)
     if backend == "torch":
         from .pytorch import TorchBackend
 
-        return TorchBackend(model, device=device, half=half)
-    if backend in BACKENDS:
-        raise NotImplementedError(f"the {backend} backend is not part of this build of fastinst-rt yet")
+        return TorchBackend(model, device=device, half=half, cuda_graph=cuda_graph)
+    if cuda_graph and backend == "onnxruntime":
+        raise ValueError("CUDA graphs are offered by the torch and tensorrt backends, not onnxruntime")
+    if backend == "onnxruntime":
+        if half:
+            raise ValueError("an ONNX model's precision is fixed at export: export it with --fp16 instead of half=True")
+        from .ort import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(model, device=device)
+    if backend == "tensorrt":
+        if half:
+            raise ValueError("an engine's precision is fixed when it is built: build it from an --fp16 export")
+        from .trt import TensorRTBackend
+
+        return TensorRTBackend(model, device=device, cuda_graph=cuda_graph)
     raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
