@@ -86,6 +86,11 @@ def resolve(model: str | os.PathLike) -> Path:
     name = str(model)
     if name in MODELS:
         spec = MODELS[name]
+        if spec.bundled:
+            bundled = Path(__file__).parent / "assets" / spec.bundled
+            if not bundled.is_file():
+                raise CheckpointError(f"{name}: the bundled weights {bundled} are missing from this installation")
+            return bundled
         if spec.checkpoint is None:
             raise CheckpointError(f"{name} has no released weights; build it with zoo.build_model or train it")
         target = cache_dir() / spec.checkpoint

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 __all__ = ["main"]
+
+# A real photo shipped with the package (NASA's public-domain astronaut portrait, via scikit-image's data).
+SAMPLE_PHOTO = str(Path(__file__).parent / "assets" / "astronaut.jpg")
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
@@ -52,6 +57,119 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    try:
+        from fastinst_rt.export import export_onnx
+    except ImportError as e:
+        raise RuntimeError(f"export needs torch, onnx and onnxscript: pip install 'fastinst-rt[onnx]' ({e})") from None
+    export_onnx(
+        args.model, args.output, imgsz=args.imgsz, dynamic=args.dynamic, min_size=args.min_size,
+        max_size=args.max_size, batch=args.batch, fp16=args.fp16, raw=args.raw, opset=args.opset,
+        max_det=args.max_det, dcn_plugin=args.dcn_plugin, simplify=not args.no_simplify, progress=True,
+    )  # fmt: skip
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .training.loop import TrainConfig, train
+
+    config = TrainConfig(
+        data=args.data, images=args.images, model=args.model, output=args.output, init=args.init, iters=args.iters,
+        batch=args.batch, lr=args.lr, backbone_multiplier=args.backbone_lr, train_size=args.train_size,
+        min_sizes=tuple(args.min_size or ()) or None, max_size=args.max_size, resume=args.resume, device=args.device,
+        workers=args.workers, seed=args.seed, checkpoint_period=args.checkpoint_period, progress=not args.quiet,
+    )  # fmt: skip
+    path = train(config)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, only rank 0 writes the checkpoint
+        print(f"wrote {path}")
+    return 0
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from .training.synth import make_synthetic_dataset
+
+    try:
+        h, w = (int(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--size must look like 256x320 (HxW), got {args.size!r}") from None
+    path = make_synthetic_dataset(
+        args.output, args.num, args.seed, (h, w), tuple(args.classes.split(",")), image_format=args.format,
+        segmentation=args.segmentation,
+    )  # fmt: skip
+    print(f"wrote {args.num} images to {path.parent / 'images'} and {path}")
+    return 0
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from fastinst_rt.export.trt_build import build_engine, parse_shape
+
+    profile = None
+    if args.min_shape or args.opt_shape or args.max_shape:
+        if not (args.min_shape and args.opt_shape and args.max_shape):
+            raise ValueError("give all of --min-shape, --opt-shape and --max-shape (images, BxCxHxW)")
+        shapes = [parse_shape(s) for s in (args.min_shape, args.opt_shape, args.max_shape)]
+        profile = {"images": tuple(shapes), "sizes": tuple((s[0], 2) for s in shapes)}
+    build_engine(
+        args.onnx, args.output, fp16=args.fp16, workspace_gb=args.workspace, profile=profile,
+        max_batch=args.max_batch, timing_cache=args.timing_cache, device=args.device, force=args.force,
+    )  # fmt: skip
+    return 0
+
+
+def _segmenters(args: argparse.Namespace) -> list:
+    """One Segmenter per (model, backend) pair of a bench run: several models, or one model on several backends."""
+    from .runtime.backends import open_backend
+    from .runtime.segmenter import Segmenter
+
+    backends = args.backend or [None]
+    if len(args.models) > 1 and len(backends) > 1:
+        raise ValueError("give several models or several --backend values, not both")
+    pairs = [(m, b) for m in args.models for b in backends]
+    return [
+        Segmenter(open_backend(m, b, args.device, args.half, cuda_graph=args.cuda_graph), conf=args.conf,
+                  max_det=args.max_det, min_size=args.min_size, max_size=args.max_size)
+        for m, b in pairs
+    ]  # fmt: skip
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .runtime.bench import benchmark, markdown_table, plot_runs, write_json
+
+    segs = _segmenters(args)
+    image = args.image or SAMPLE_PHOTO
+    labels = [f"{s.backend.info.name} ({s.backend.kind})" for s in segs]
+    runs = benchmark(segs, image, batch=args.batch, warmup=args.warmup, iters=args.iters, labels=labels)
+    print(markdown_table(runs))
+    if args.json:
+        write_json(runs, args.json, {"command": " ".join(sys.argv)})
+        print(f"wrote {args.json}")
+    if args.plot:
+        plot_runs(runs, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .runtime.evaluate import evaluate_coco
+    from .runtime.segmenter import Segmenter
+
+    seg = Segmenter(args.model, backend=args.backend, device=args.device, conf=args.conf, max_det=args.max_det,
+                    min_size=args.min_size, max_size=args.max_size, half=args.half)  # fmt: skip
+    result = evaluate_coco(seg, args.coco_json, args.images, args.max_images, args.json, progress=not args.quiet)
+    for kind in ("segm", "bbox"):
+        stats = ", ".join(f"{k} {v:.1f}" if v is not None else f"{k} -" for k, v in result[kind].items())
+        print(f"{kind} ({'masks' if kind == 'segm' else 'boxes from masks'}): {stats}")
+    print(f"{result['images']} images, {result['instances']} instances, {result['seconds']:.1f} s")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(args.output, num_images=args.num_images, iters=args.iters)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fastinst-rt", description="FastInst instance segmentation: run, export, deploy."
@@ -75,6 +193,105 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("export", help="export a checkpoint to ONNX (end-to-end or raw outputs, FP32 or FP16-mixed)")
+    p.add_argument("model", help="checkpoint (.pth/.safetensors) or zoo name")
+    p.add_argument("--output", "-o", required=True, help="the .onnx file to write")
+    p.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width (default: static)")
+    p.add_argument("--min-size", type=int, help="test-time short side recorded in the file (default: the model's)")
+    p.add_argument("--max-size", type=int, help="test-time long-side cap recorded in the file (default: the model's)")
+    p.add_argument("--imgsz", help="fixed padded input HxW of a static graph (default: the test size rounded to /32)")
+    p.add_argument("--batch", type=int, default=1, help="fixed batch of a static graph (default 1)")
+    p.add_argument("--fp16", action="store_true", help="FP16-mixed graph (float32 kept where needed)")
+    p.add_argument("--raw", action="store_true", help="raw pred_logits/pred_masks outputs instead of the top pairs")
+    p.add_argument("--opset", type=int, help="ONNX opset (default 19; 17 with --dcn-plugin)")
+    p.add_argument("--max-det", type=int, default=100, help="query x class pairs kept by the graph (default 100)")
+    p.add_argument("--dcn-plugin", action="store_true", help="DCN as TensorRT plugin nodes (for TRT 8.6)")
+    p.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("train", help="train a model on a COCO-format dataset (the paper's recipe)")
+    p.add_argument("--data", required=True, help="COCO instances JSON (polygons or RLE)")
+    p.add_argument("--images", required=True, help="folder the JSON's file names are relative to")
+    p.add_argument("--model", "-m", default="fastinst-small-r26-d2", help="zoo variant (default fastinst-small-r26-d2)")
+    p.add_argument("--init", help="checkpoint to start from (official .pth or ours), loaded strictly")
+    p.add_argument("--output", "-o", default="runs/train", help="run folder (default runs/train)")
+    p.add_argument("--iters", type=int, default=2000, help="iterations (default 2000)")
+    p.add_argument("--batch", type=int, default=8, help="total batch over all GPUs (default 8)")
+    p.add_argument("--lr", type=float, default=1e-4, help="base learning rate (default 1e-4)")
+    p.add_argument("--backbone-lr", type=float, default=0.1, help="backbone LR factor (0.1 official; 1.0 from scratch)")
+    p.add_argument("--train-size", type=int, help="largest training short side; official sizes scaled to it")
+    p.add_argument("--min-size", type=int, nargs="+", help="short-side choices of the final resize (override)")
+    p.add_argument("--max-size", type=int, help="long-side cap of the final resize (override)")
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.pth")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when available)")
+    p.add_argument("--workers", type=int, default=2, help="data-loading processes (default 2)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--checkpoint-period", type=int, default=500, help="write last.pth every N iterations")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("synth", help="write a synthetic COCO-format dataset of coloured shapes")
+    p.add_argument("--output", "-o", required=True, help="folder for images/ and annotations.json")
+    p.add_argument("--num", type=int, default=200, help="number of images (default 200)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", default="256x320", help="HxW of the images (default 256x320)")
+    p.add_argument("--classes", default="circle,square,triangle,star", help="comma-separated, from "
+                   "circle,square,triangle,star,ring")  # fmt: skip
+    p.add_argument("--format", choices=("jpg", "png"), default="jpg")
+    p.add_argument("--segmentation", choices=("rle", "polygon"), default="rle")
+    p.set_defaults(func=_cmd_synth)
+
+    p = sub.add_parser("build", help="build a TensorRT engine from an exported ONNX file, on this GPU")
+    p.add_argument("onnx", help="the .onnx file from `fastinst-rt export`")
+    p.add_argument("--output", "-o", help="engine path (default: beside the ONNX, named by GPU/TensorRT/precision)")
+    p.add_argument("--fp16", action="store_true", help="FP16 kernels for an FP32 graph (TensorRT < 11)")
+    p.add_argument("--workspace", type=float, default=4.0, help="builder workspace in GiB (default 4)")
+    p.add_argument("--min-shape", help="dynamic graphs: smallest images shape, e.g. 1x3x320x320")
+    p.add_argument("--opt-shape", help="dynamic graphs: the shape to tune for, e.g. 1x3x576x800")
+    p.add_argument("--max-shape", help="dynamic graphs: largest images shape, e.g. 4x3x800x800")
+    p.add_argument("--max-batch", type=int, default=1, help="largest batch of the default dynamic profile")
+    p.add_argument("--timing-cache", help="read and update this timing cache (faster rebuilds)")
+    p.add_argument("--device", type=int, default=0, help="CUDA device index")
+    p.add_argument("--force", action="store_true", help="rebuild even if an up-to-date engine exists")
+    p.set_defaults(func=_cmd_build)
+
+    p = sub.add_parser("bench", help="latency per stage of models/backends side by side (table, JSON, chart)")
+    p.add_argument("models", nargs="+", help="checkpoints, .onnx or .engine files, zoo names")
+    p.add_argument("--backend", action="append", choices=("torch", "onnxruntime", "tensorrt"),
+                   help="repeat to compare backends of one model")  # fmt: skip
+    p.add_argument("--image", help="image to time on (default: a shipped 512x512 photo)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--iters", type=int, default=50)
+    p.add_argument("--conf", type=float, default=0.3)
+    p.add_argument("--max-det", type=int, default=100)
+    p.add_argument("--device")
+    p.add_argument("--half", action="store_true", help="float16 (torch on CUDA)")
+    p.add_argument("--cuda-graph", action="store_true", help="replay CUDA graphs (torch and TensorRT on CUDA)")
+    p.add_argument("--min-size", type=int)
+    p.add_argument("--max-size", type=int)
+    p.add_argument("--json", metavar="FILE", help="write {'machine', 'runs': [...]} here")
+    p.add_argument("--plot", metavar="FILE.png", help="write a chart comparing the runs")
+    p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("eval", help="COCO mask AP (and box AP from the masks) of any model or artifact")
+    p.add_argument("model", help="checkpoint, .onnx or .engine file, zoo name")
+    p.add_argument("--coco-json", required=True, help="COCO instances annotations")
+    p.add_argument("--images", required=True, help="folder of the annotated images")
+    p.add_argument("--max-images", type=int, help="only the first N images (by id)")
+    p.add_argument("--json", metavar="FILE", help="write {'segm': {...}, 'bbox': {...}} here")
+    p.add_argument("--conf", type=float, default=0.0, help="score threshold (default 0: the official protocol)")
+    p.add_argument("--max-det", type=int, default=100)
+    p.add_argument("--quiet", "-q", action="store_true")
+    _add_model_options(p)
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("demo", help="the bundled model on sample images, PyTorch and ONNX Runtime, timed")
+    p.add_argument("--output", "-o", default="fastinst-demo", help="folder for the results (default fastinst-demo)")
+    p.add_argument("--num-images", type=int, default=4)
+    p.add_argument("--iters", type=int, default=10, help="timed iterations per backend")
+    p.set_defaults(func=_cmd_demo)
     return parser
 
 

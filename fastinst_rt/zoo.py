@@ -64,6 +64,7 @@ class ModelSpec:
     checkpoint: str | None = None  # released file name
     mask_ap: float | None = None  # COCO val2017 mask AP reported by the authors
     class_names: tuple[str, ...] = field(default=COCO_CLASSES, repr=False)
+    bundled: str | None = None  # weights shipped inside the package (fastinst_rt/assets/<bundled>)
 
     @property
     def url(self) -> str | None:
@@ -101,6 +102,14 @@ _TEST = FastInstConfig(
     hidden_dim=64, nheads=4, dim_feedforward=128, mask_dim=64, dec_layers=2,
 )  # fmt: skip
 _TEST_VD = replace(_TEST, backbone="resnet_vd", stem_width=8, deform_stages=(False, False, True, True), dec_layers=1)
+# Small trainable variant for CPU training on ``fastinst-rt synth`` data (training/synth.py): quarter-width
+# bottleneck ResNet-26 (2-2-2-2), 64-wide head with 4 heads of 16 (what checkpoint.default_nheads assumes),
+# 2 decoder layers, 49 queries (a 7x7 positional map), trained and tested at short side 256; 1.4M parameters.
+SYNTH_CLASSES = ("circle", "square", "triangle", "star")  # = training.synth.SHAPES[:4], the synth default
+_SMALL = FastInstConfig(
+    layers=(2, 2, 2, 2), stem_width=16, widths=(16, 32, 64, 128), out_channels=(64, 128, 256, 512),
+    hidden_dim=64, nheads=4, dim_feedforward=256, mask_dim=64, dec_layers=2, num_queries=49, num_classes=4,
+)  # fmt: skip
 
 _D1, _D3 = (576, 777), (640, 853)
 _SPECS = (
@@ -115,5 +124,8 @@ _SPECS = (
     ModelSpec("fastinst-r50vd-dcn-d3", _R50VD, _D3, "fastinst_R50-vd-dcn_ppm-fpn_x3_640_40.1.pth", 40.1),
     ModelSpec("fastinst-test-r50-d2", _TEST, (320, 427)),
     ModelSpec("fastinst-test-r50vd-dcn-d1", _TEST_VD, (320, 427)),
+    ModelSpec("fastinst-small-r26-d2", _SMALL, (256, 341), class_names=SYNTH_CLASSES),
+    # The embedded default: fastinst-small-r26-d2 trained here on synthetic shapes (assets/README.md).
+    ModelSpec("fastinst-demo", _SMALL, (256, 341), class_names=SYNTH_CLASSES, bundled="fastinst-demo.safetensors"),
 )
 MODELS: dict[str, ModelSpec] = {s.name: s for s in _SPECS}

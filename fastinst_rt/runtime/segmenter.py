@@ -31,7 +31,8 @@ class Segmenter:
         conf: minimum score of a returned instance. 0.0 with ``max_det=100`` gives the official evaluation output.
         max_det: at most this many instances (query-class pairs) per image.
         min_size, max_size: test-time resize (short side, long-side cap); default the model's (e.g. 576/777).
-        half: float16 inference (CUDA).
+        half: float16 inference (torch on CUDA; ONNX and engine precision is chosen at export/build).
+        cuda_graph: replay CUDA graphs (torch and TensorRT on CUDA): less launch overhead at batch 1.
 
     Example::
 
@@ -52,12 +53,13 @@ class Segmenter:
         min_size: int | None = None,
         max_size: int | None = None,
         half: bool = False,
+        cuda_graph: bool = False,
     ) -> None:
         if not 0.0 <= conf <= 1.0:
             raise ValueError(f"conf must be in [0, 1], got {conf}")
         if max_det < 1:
             raise ValueError(f"max_det must be positive, got {max_det}")
-        self.backend = model if isinstance(model, Backend) else open_backend(model, backend, device, half)
+        self.backend = model if isinstance(model, Backend) else open_backend(model, backend, device, half, cuda_graph)
         info = self.backend.info
         self.conf, self.max_det = conf, max_det
         self.min_size = int(min_size or info.test_size[0])

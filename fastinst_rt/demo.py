@@ -1,0 +1,110 @@
+"""``fastinst-rt demo``: the whole product on the embedded default, with nothing to download.
+
+The bundled ``fastinst-demo`` model (trained here on synthetic shapes, see ``fastinst_rt/assets/README.md``)
+segments freshly generated sample images on the PyTorch backend, is exported to ONNX, segments the same
+images on ONNX Runtime, and both are timed side by side. Everything lands in one folder: annotated pictures
+per backend, a mosaic, the ONNX file, and a latency table as markdown, JSON and a chart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+__all__ = ["run_demo", "DEMO_MODEL"]
+
+DEMO_MODEL = "fastinst-demo"
+_SAMPLE_SEED = 20261124  # fixed: the demo shows the same images every time; training used seeds 0 and 1
+
+
+def _say(msg: str, quiet: bool) -> None:
+    if not quiet:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _mosaic(rows: list[list[np.ndarray]], labels: list[str]) -> np.ndarray:
+    """Images of one size in a grid, one row per backend, its name written on the left."""
+    pad = 8
+    blocks = []
+    for label, row in zip(labels, rows):
+        strip = np.concatenate([np.pad(im, ((pad, pad), (pad, 0), (0, 0)), constant_values=255) for im in row], 1)
+        tag = np.full((strip.shape[0], 150, 3), 255, np.uint8)
+        cv2.putText(tag, label, (8, strip.shape[0] // 2), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
+        blocks.append(np.concatenate([tag, strip], 1))
+    return np.concatenate(blocks, 0)
+
+
+def run_demo(
+    output: str | os.PathLike = "fastinst-demo", num_images: int = 4, iters: int = 10, quiet: bool = False
+) -> dict:
+    """Run the demo and return a summary ({"output", "instances", "agreement", "latency"}).
+
+    Args:
+        output: folder to write into (created).
+        num_images: sample images to generate and segment.
+        iters: timed iterations per backend for the latency table.
+    """
+    from .runtime.bench import benchmark, markdown_table, plot_runs, write_json
+    from .runtime.segmenter import Segmenter
+    from .training.synth import make_synthetic_dataset
+
+    start = time.perf_counter()
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    _say(f"[demo] generating {num_images} sample images", quiet)
+    ann = make_synthetic_dataset(out / "samples", num_images, seed=_SAMPLE_SEED)
+    files = [ann.parent / "images" / im["file_name"] for im in json.loads(ann.read_text())["images"]]
+
+    torch_seg = Segmenter(DEMO_MODEL, backend="torch", device="cpu", conf=0.5)
+    onnx_path = out / "fastinst-demo.onnx"
+    _say(f"[demo] exporting {DEMO_MODEL} to {onnx_path}", quiet)
+    from .export import export_onnx
+
+    export_onnx(DEMO_MODEL, onnx_path, progress=not quiet)
+    ort_seg = Segmenter(onnx_path, device="cpu", conf=0.5)
+
+    rows: dict[str, list[np.ndarray]] = {"torch": [], "onnxruntime": []}
+    instances, score_gaps = {}, []
+    for seg in (torch_seg, ort_seg):
+        kind = seg.backend.kind
+        (out / kind).mkdir(exist_ok=True)
+        counts = []
+        for f in files:
+            bgr = cv2.imread(str(f))
+            res = seg.predict(bgr)
+            drawn = res.draw(bgr)
+            cv2.imwrite(str(out / kind / f"{f.stem}.jpg"), drawn)
+            rows[kind].append(drawn)
+            counts.append(len(res))
+        instances[kind] = counts
+    for f in files:  # the two backends must find the same instances with the same scores
+        a, b = torch_seg.predict(str(f)), ort_seg.predict(str(f))
+        if len(a) == len(b) and len(a):
+            score_gaps.append(float(np.abs(a.scores - b.scores).max()))
+    agreement = {
+        "same_counts": instances["torch"] == instances["onnxruntime"],
+        "max_score_diff": max(score_gaps) if score_gaps else 0.0,
+    }
+    cv2.imwrite(str(out / "predictions.jpg"), _mosaic(list(rows.values()), ["PyTorch", "ONNX Runtime"]))
+
+    _say(f"[demo] timing both backends ({iters} iterations each, interleaved)", quiet)
+    runs = benchmark([torch_seg, ort_seg], str(files[0]), warmup=2, iters=iters, progress=False)
+    table = markdown_table(runs)
+    (out / "latency.md").write_text(table + "\n")
+    write_json(runs, out / "latency.json")
+    plot_runs(runs, out / "latency.png", title=f"{DEMO_MODEL} on this CPU")
+    seconds = time.perf_counter() - start
+    if not quiet:
+        print(table)
+        print(f"\ninstances per image: torch {instances['torch']}, onnxruntime {instances['onnxruntime']}; "
+              f"largest score difference {agreement['max_score_diff']:.1e}")  # fmt: skip
+        print(f"wrote {out / 'predictions.jpg'} (both backends), {out / 'torch'}/, {out / 'onnxruntime'}/,")
+        print(f"      {onnx_path}, {out / 'latency.md'}, {out / 'latency.png'} in {seconds:.0f} s")
+    return {"output": str(out), "instances": instances, "agreement": agreement,
+            "latency": [r.to_dict() for r in runs], "seconds": seconds}  # fmt: skip
