@@ -91,3 +91,17 @@ def test_category_mapping() -> None:
     cats = [{"id": 7, "name": "b"}, {"id": 3, "name": "a"}]
     assert category_mapping(("a", "b"), cats) == [3, 7]
     assert category_mapping(("x", "y"), cats) == [3, 7], "falls back to sorted category-id order"
+
+
+def test_eval_command(seg, tiny_checkpoints, photo, tmp_path: Path, capsys) -> None:
+    from fastinst_rt.cli import main
+
+    ann = _dataset(seg, [photo], tmp_path)
+    out = tmp_path / "ap.json"
+    argv = ["eval", str(tiny_checkpoints[TEST_VARIANTS[0]]), "--coco-json", str(ann), "--images",
+            str(tmp_path / "images"), "--conf", "0.045", "--json", str(out), "-q"]  # fmt: skip
+    assert main(argv) == 0
+    assert "segm (masks): AP 100.0" in capsys.readouterr().out
+    assert json.loads(out.read_text())["bbox"]["AP"] == pytest.approx(100.0, abs=0.01)
+    assert main(["eval", str(tiny_checkpoints[TEST_VARIANTS[0]]), "--coco-json", str(ann), "--images", "nope"]) == 2
+    assert "no such image folder" in capsys.readouterr().err
