@@ -34,6 +34,7 @@ __all__ = [
     "save_checkpoint",
     "config_from_official",
     "official_state_dict",
+    "load_state_strict",
     "resolve",
 ]
 
@@ -240,7 +241,9 @@ def official_state_dict(model: FastInst) -> dict[str, torch.Tensor]:
     return out
 
 
-def _load_strict(model: FastInst, state: dict[str, torch.Tensor], path: Path) -> None:
+def load_state_strict(model: FastInst, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Load ``state`` (our key names) into ``model``; any missing, unexpected or mis-shaped key is an error that
+    names it (``path`` is only used in the message)."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -284,7 +287,7 @@ def load_checkpoint(
         info = ModelInfo.from_dict(meta["info"])
     info = ModelInfo(info.name, info.config, info.class_names, info.test_size, str(path), _sha256(path))
     net = build_model(info.config)
-    _load_strict(net, state, path)
+    load_state_strict(net, state, path)
     return net.to(device).eval(), info
 
 

@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..checkpoint import FORMAT_KEY, FORMAT_VERSION, ModelInfo, _load_strict, load_checkpoint, save_checkpoint
+from ..checkpoint import FORMAT_KEY, FORMAT_VERSION, ModelInfo, load_checkpoint, load_state_strict, save_checkpoint
 from ..modeling.fastinst import FastInst
 from ..zoo import MODELS, build_model
 from .criterion import SetCriterion
@@ -169,7 +169,7 @@ def _build(config: TrainConfig, class_names: tuple[str, ...], sizes: AugmentSize
     model = build_model(arch)
     if config.init:
         source, _ = load_checkpoint(config.init)
-        _load_strict(model, source.state_dict(), Path(config.init))
+        load_state_strict(model, source.state_dict(), Path(config.init))
     return model, ModelInfo(spec.name, arch, class_names, (max(sizes.min_sizes), sizes.max_size))
 
 
@@ -294,7 +294,7 @@ def _resume(
     saved = state["config"].get("model")
     if saved != config.model:
         raise ValueError(f"{path} was trained as {saved}, not {config.model}")
-    _load_strict(model, state["model"], path)
+    load_state_strict(model, state["model"], path)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     if state.get("scaler"):
