@@ -129,9 +129,11 @@ def tiny_onnx(tiny_checkpoints, tmp_path_factory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("trt")
     ckpt = tiny_checkpoints[TEST_VARIANTS[0]]
+    dcn = tiny_checkpoints[next(name for name in TEST_VARIANTS if "dcn" in name)]
     return {
         "static": export_onnx(ckpt, root / "static.onnx", imgsz=(320, 448), progress=False),
         "fp16": export_onnx(ckpt, root / "fp16.onnx", imgsz=(320, 448), fp16=True, progress=False),
+        "dcn-dynamic": export_onnx(dcn, root / "dcn.onnx", dynamic=True, progress=False),
     }
 
 
@@ -155,6 +157,21 @@ def test_engine_matches_onnxruntime(tiny_onnx, photo_wide, tmp_path: Path) -> No
     # The cache: the same ONNX on the same GPU and TensorRT is not rebuilt.
     mtime = engine.stat().st_mtime
     assert build_engine(tiny_onnx["static"], engine, progress=False).stat().st_mtime == mtime
+
+
+@pytest.mark.trt
+@needs_trt
+def test_dcn_engine_with_dynamic_shapes_matches_onnxruntime(tiny_onnx, photo, photo_wide, tmp_path: Path) -> None:
+    """ONNX DeformConv as TensorRT's native layer (>= 10.1), two input sizes through one dynamic profile."""
+    from fastinst_rt import Segmenter
+    from fastinst_rt.export.trt_build import build_engine
+
+    engine = build_engine(tiny_onnx["dcn-dynamic"], tmp_path / "dcn.engine", progress=False)
+    for image in (photo, photo_wide):
+        ort = Segmenter(tiny_onnx["dcn-dynamic"], device="cpu", conf=0.0, max_det=20).predict(image, color="rgb")
+        res = Segmenter(engine, conf=0.0, max_det=20).predict(image, color="rgb")
+        np.testing.assert_allclose(res.scores, ort.scores, rtol=1e-2, atol=1e-4)
+        assert res.masks.shape == ort.masks.shape
 
 
 @pytest.mark.trt
