@@ -32,6 +32,20 @@ class BackendInfo:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @classmethod
+    def from_export_metadata(cls, meta: dict, name: str, max_batch: int | None, fixed_batch: bool) -> BackendInfo:
+        """The info an export carries in its metadata (or an engine's sidecar); ``name`` if it names no model."""
+        fixed = meta.get("fixed_size")
+        return cls(
+            name=str(meta.get("model", name)),
+            class_names=tuple(meta["class_names"]),
+            test_size=tuple(int(v) for v in meta["test_size"]),
+            size_divisibility=int(meta.get("size_divisibility", 32)),
+            fixed_size=tuple(int(v) for v in fixed) if fixed else None,
+            max_batch=max_batch,
+            fixed_batch=fixed_batch,
+        )
+
 
 class Backend(ABC):
     """Runs FastInst on a preprocessed batch.

@@ -103,18 +103,8 @@ class OnnxRuntimeBackend(Backend):
         self.outputs = self.meta["outputs"]
         if names_in != INPUT_NAMES or names_out != OUTPUT_NAMES[self.outputs]:
             raise ValueError(f"{self.path}: unexpected graph I/O {names_in} -> {names_out} for a {self.outputs} export")
-        fixed = self.meta.get("fixed_size")
-        super().__init__(
-            BackendInfo(
-                name=str(self.meta.get("model", self.path.stem)),
-                class_names=tuple(self.meta["class_names"]),
-                test_size=tuple(int(v) for v in self.meta["test_size"]),
-                size_divisibility=int(self.meta.get("size_divisibility", 32)),
-                fixed_size=tuple(int(v) for v in fixed) if fixed else None,
-                max_batch=int(self.meta["batch"]) if self.meta.get("batch") else None,
-                fixed_batch=True,
-            )
-        )
+        batch = int(self.meta["batch"]) if self.meta.get("batch") else None
+        super().__init__(BackendInfo.from_export_metadata(self.meta, self.path.stem, batch, fixed_batch=True))
 
     def _load_error(self, e: Exception) -> str:
         text = str(e)

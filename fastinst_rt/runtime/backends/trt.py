@@ -157,18 +157,8 @@ class TensorRTBackend(Backend):
         self._stream = cuda_rt.Stream()
         self._buffers = self._allocate()
         self._graph, self._graph_shapes = None, None
-        fixed = self.meta.get("fixed_size")
-        super().__init__(
-            BackendInfo(
-                name=str(self.meta.get("model", self.path.stem)),
-                class_names=tuple(self.meta["class_names"]),
-                test_size=tuple(int(v) for v in self.meta["test_size"]),
-                size_divisibility=int(self.meta.get("size_divisibility", 32)),
-                fixed_size=tuple(int(v) for v in fixed) if fixed else None,
-                max_batch=int(self.sidecar["max_batch"]),
-                fixed_batch=not self.sidecar.get("dynamic_batch", False),
-            )
-        )
+        max_batch, fixed_batch = int(self.sidecar["max_batch"]), not self.sidecar.get("dynamic_batch", False)
+        super().__init__(BackendInfo.from_export_metadata(self.meta, self.path.stem, max_batch, fixed_batch))
 
     def _allocate(self) -> dict:
         """One device buffer per tensor, sized for the profile's largest input shapes."""
