@@ -20,7 +20,10 @@ import numpy as np
 __all__ = ["run_demo", "DEMO_MODEL"]
 
 DEMO_MODEL = "fastinst-demo"
-_SAMPLE_SEED = 20261124  # fixed: the demo shows the same images every time; training used seeds 0 and 1
+_SAMPLE_SEED = 20261124  # fixed: the demo shows the same images every time; training used seeds 0 and 1, the test 7
+# (H, W) of the samples. They need no resize at the test size 256/341, and the static graph is exported at this
+# size: a larger canvas would add padding, which the network sees (as in the official model), and change scores.
+_SAMPLE_SIZE = (256, 320)
 
 
 def _say(msg: str, quiet: bool) -> None:
@@ -58,7 +61,7 @@ def run_demo(
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     _say(f"[demo] generating {num_images} sample images", quiet)
-    ann = make_synthetic_dataset(out / "samples", num_images, seed=_SAMPLE_SEED)
+    ann = make_synthetic_dataset(out / "samples", num_images, seed=_SAMPLE_SEED, size=_SAMPLE_SIZE)
     files = [ann.parent / "images" / im["file_name"] for im in json.loads(ann.read_text())["images"]]
 
     torch_seg = Segmenter(DEMO_MODEL, backend="torch", device="cpu", conf=0.5)
@@ -66,7 +69,7 @@ def run_demo(
     _say(f"[demo] exporting {DEMO_MODEL} to {onnx_path}", quiet)
     from .export import export_onnx
 
-    export_onnx(DEMO_MODEL, onnx_path, progress=not quiet)
+    export_onnx(DEMO_MODEL, onnx_path, imgsz=_SAMPLE_SIZE, progress=not quiet)
     ort_seg = Segmenter(onnx_path, device="cpu", conf=0.5)
 
     rows: dict[str, list[np.ndarray]] = {"torch": [], "onnxruntime": []}
