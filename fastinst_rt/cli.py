@@ -8,6 +8,10 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .runtime.segmenter import Segmenter
 
 __all__ = ["main"]
 
@@ -116,8 +120,11 @@ def _cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _segmenters(args: argparse.Namespace) -> list:
-    """One Segmenter per (model, backend) pair of a bench run: several models, or one model on several backends."""
+def _segmenters(args: argparse.Namespace) -> list[tuple[str, Segmenter]]:
+    """(label, Segmenter) per (model, backend) pair of a bench run: several models, or one model on several backends.
+
+    A file is labelled by its name (a static and a dynamic export of one model must be told apart), a zoo entry by
+    its name."""
     from .runtime.backends import open_backend
     from .runtime.segmenter import Segmenter
 
@@ -126,8 +133,8 @@ def _segmenters(args: argparse.Namespace) -> list:
         raise ValueError("give several models or several --backend values, not both")
     pairs = [(m, b) for m in args.models for b in backends]
     return [
-        Segmenter(open_backend(m, b, args.device, args.half, cuda_graph=args.cuda_graph), conf=args.conf,
-                  max_det=args.max_det, min_size=args.min_size, max_size=args.max_size)
+        (Path(m).name, Segmenter(open_backend(m, b, args.device, args.half, cuda_graph=args.cuda_graph),
+                                 conf=args.conf, max_det=args.max_det, min_size=args.min_size, max_size=args.max_size))
         for m, b in pairs
     ]  # fmt: skip
 
@@ -135,9 +142,8 @@ def _segmenters(args: argparse.Namespace) -> list:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .runtime.bench import benchmark, markdown_table, plot_runs, write_json
 
-    segs = _segmenters(args)
+    labels, segs = zip(*_segmenters(args))
     image = args.image or SAMPLE_PHOTO
-    labels = [f"{s.backend.info.name} ({s.backend.kind})" for s in segs]
     runs = benchmark(segs, image, batch=args.batch, warmup=args.warmup, iters=args.iters, labels=labels)
     print(markdown_table(runs))
     if args.json:

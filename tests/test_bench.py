@@ -23,7 +23,9 @@ def test_bench_checkpoint_and_onnx(tiny_checkpoints, tmp_path: Path, capsys) -> 
             "--json", str(out_json), "--plot", str(out_png)]  # fmt: skip
     assert main(argv) == 0
     table = capsys.readouterr().out
-    assert table.count("| fastinst-test-r50-d2") == 2 and "total p50/p90/p99 ms" in table
+    # Runs are labelled by file name, so that two exports of one model can be told apart.
+    assert f"| {ckpt.name} | torch |" in table and "| tiny.onnx | onnxruntime |" in table
+    assert "total p50/p90/p99 ms" in table
     data = json.loads(out_json.read_text())
     assert data["machine"]["cpus"] >= 1 and "versions" in data["machine"]
     assert [r["backend"] for r in data["runs"]] == ["torch", "onnxruntime"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import resource
 import sys
 import time
@@ -199,22 +200,25 @@ def plot_runs(runs: Sequence[BenchRun], path: str | os.PathLike, title: str = ""
         import matplotlib.pyplot as plt
     except ImportError as e:
         raise RuntimeError("--plot needs matplotlib: pip install 'fastinst-rt[plot]'") from e
-    names = [f"{r.model}\n{r.backend} {r.device} {r.precision}" for r in runs]
-    fig, ax = plt.subplots(figsize=(max(6.0, 2.2 * len(runs)), 4.5))
+    # Bars at numeric positions (two runs may carry the same name), labels wrapped to the bar width.
+    x = np.arange(len(runs))
+    names = [f"{_wrap(r.model)}\n{r.backend} {r.device} {r.precision}" for r in runs]
+    fig, ax = plt.subplots(figsize=(max(6.0, 2.2 * len(runs)), 4.8))
     bottom = np.zeros(len(runs))
     colors = {"preprocess": "#8da0cb", "inference": "#fc8d62", "postprocess": "#66c2a5"}
     for stage, color in colors.items():
         values = np.array([r.stages[stage]["p50"] for r in runs])
-        ax.bar(names, values, bottom=bottom, color=color, label=f"{stage} (p50)")
+        ax.bar(x, values, bottom=bottom, color=color, label=f"{stage} (p50)")
         bottom += values
+    ax.set_xticks(x, names, fontsize=8)
     totals = np.array([r.stages["total"]["p50"] for r in runs])
     p90 = np.array([r.stages["total"]["p90"] for r in runs])
-    ax.errorbar(names, totals, yerr=[np.zeros_like(p90), np.maximum(p90 - totals, 0)], fmt="none", ecolor="k",
+    ax.errorbar(x, totals, yerr=[np.zeros_like(p90), np.maximum(p90 - totals, 0)], fmt="none", ecolor="k",
                 capsize=6, label="total p50 -> p90")  # fmt: skip
     top = np.maximum(p90, totals)
-    for x, (t, r) in enumerate(zip(top, runs)):
+    for i, (t, r) in enumerate(zip(top, runs)):
         ax.text(
-            x, t * 1.02, f"{r.stages['total']['p50']:.1f} ms\n{r.fps:.1f} FPS", ha="center", va="bottom", fontsize=9
+            i, t * 1.02, f"{r.stages['total']['p50']:.1f} ms\n{r.fps:.1f} FPS", ha="center", va="bottom", fontsize=9
         )
     ax.set_ylabel("milliseconds per batch")
     ax.set_ylim(0, top.max() * 1.25)
@@ -224,3 +228,14 @@ def plot_runs(runs: Sequence[BenchRun], path: str | os.PathLike, title: str = ""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _wrap(name: str, width: int = 20) -> str:
+    """Break a long model or file name into lines of at most ~``width`` characters after '_', '-' or '.'."""
+    lines, line = [], ""
+    for piece in re.split(r"(?<=[_.-])", name):
+        if line and len(line) + len(piece) > width:
+            lines.append(line)
+            line = ""
+        line += piece
+    return "\n".join([*lines, line])
