@@ -20,6 +20,7 @@ from pycocotools.coco import COCO
 
 from fastinst_rt import Segmenter, load_model
 from fastinst_rt.cli import main
+from fastinst_rt.export.onnx_export import export_onnx
 from fastinst_rt.training import loop
 from fastinst_rt.training.criterion import SetCriterion, dice_loss, sigmoid_ce_loss, uncertain_points
 from fastinst_rt.training.data import AugmentSizes, CocoInstances, collate
@@ -295,6 +296,9 @@ def test_train_cli_writes_checkpoints_that_load_and_resume(tmp_path: Path, monke
     image = np.asarray(Image.open(data / "images" / "000000.jpg"))
     res = Segmenter(run / "model_final.safetensors", conf=0.0, max_det=5).predict(image, color="rgb")
     assert len(res) == 5 and res.masks.shape == (5, 160, 192) and set(res.names) <= set(SYNTH_CLASSES)
+    onnx_path = export_onnx(run / "model_final.safetensors", tmp_path / "trained.onnx", dynamic=True, progress=False)
+    exported = Segmenter(onnx_path, conf=0.0, max_det=5).predict(image, color="rgb")
+    assert list(exported.names) == list(res.names) and np.abs(exported.scores - res.scores).max() < 1e-4
 
     drawn = []
     original = CocoInstances.__getitem__
