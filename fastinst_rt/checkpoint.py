@@ -80,11 +80,14 @@ def cache_dir() -> Path:
 
 
 def resolve(model: str | os.PathLike) -> Path:
-    """A file path, or a zoo name whose released checkpoint is found in (or downloaded to) ``cache_dir()``."""
+    """A file path, or a zoo name whose released checkpoint is found in (or downloaded to) ``cache_dir()``.
+
+    A file of that name wins over a zoo name; a folder does not (``fastinst-rt demo`` writes to ``./fastinst-demo/``).
+    """
     path = Path(model)
-    if path.exists():
-        return path
     name = str(model)
+    if path.is_file() or (path.exists() and name not in MODELS):
+        return path
     if name in MODELS:
         spec = MODELS[name]
         if spec.bundled:

@@ -10,7 +10,14 @@ import pytest
 import torch
 
 from fastinst_rt import load_model
-from fastinst_rt.checkpoint import CheckpointError, ModelInfo, load_checkpoint, official_state_dict, save_checkpoint
+from fastinst_rt.checkpoint import (
+    CheckpointError,
+    ModelInfo,
+    load_checkpoint,
+    official_state_dict,
+    resolve,
+    save_checkpoint,
+)
 from fastinst_rt.zoo import MODELS
 
 from .conftest import TEST_VARIANTS, make_model
@@ -114,3 +121,14 @@ def test_unreadable_files_and_names(tmp_path: Path) -> None:
     torch.save(torch.zeros(3), tmp_path / "tensor.pth")
     with pytest.raises(CheckpointError, match="not a state dict"):
         load_checkpoint(tmp_path / "tensor.pth")
+
+
+def test_a_folder_does_not_shadow_a_zoo_name_but_a_file_does(tmp_path: Path, monkeypatch) -> None:
+    # `fastinst-rt demo` writes into ./fastinst-demo/, and a second run must still find the bundled model.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "fastinst-demo").mkdir()
+    assert resolve("fastinst-demo").parent.name == "assets"
+    (tmp_path / "fastinst-r50-d1").write_bytes(b"not a checkpoint")
+    assert resolve("fastinst-r50-d1") == Path("fastinst-r50-d1")
+    with pytest.raises(CheckpointError, match="weights-only"):
+        load_model("fastinst-r50-d1")
