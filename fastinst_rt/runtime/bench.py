@@ -14,6 +14,8 @@ import os
 import platform
 import re
 import resource
+import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -164,7 +166,38 @@ def machine_info() -> dict:
         info["torch_threads"] = torch.get_num_threads()
         if torch.cuda.is_available():
             info["gpu"] = torch.cuda.get_device_name()
+    info.update(_gpu_clocks())
     return info
+
+
+_SMI_FIELDS = ("name", "driver_version", "pstate", "clocks.sm", "clocks.max.sm", "clocks.mem", "power.limit")
+
+
+def _gpu_clocks() -> dict:
+    """GPU name, driver and clocks from ``nvidia-smi`` (desktop/server GPUs) or devfreq (Jetson); {} if neither.
+
+    Clocks decide GPU latency as much as the code does (a T4 throttles under load, a Jetson's power mode caps
+    them), so they are recorded beside every result; no torch needed, the TensorRT backend runs without it.
+    """
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        try:
+            out = subprocess.run([smi, f"--query-gpu={','.join(_SMI_FIELDS)}", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=10, check=True).stdout  # fmt: skip
+            first = out.strip().splitlines()[0]
+            return {"nvidia_smi": dict(zip(_SMI_FIELDS, (v.strip() for v in first.split(","))))}
+        except (OSError, subprocess.SubprocessError, IndexError):
+            return {}
+    jetson = {}
+    try:
+        for freq in sorted(Path("/sys/class/devfreq").glob("*gpu*/cur_freq"))[:1]:
+            jetson["gpu_mhz"] = int(freq.read_text()) / 1e6  # Hz
+        release = Path("/etc/nv_tegra_release")
+        if release.exists():
+            jetson["l4t"] = release.read_text().splitlines()[0].strip("# ")
+    except (OSError, ValueError, IndexError):
+        pass
+    return {"jetson": jetson} if jetson else {}
 
 
 def markdown_table(runs: Sequence[BenchRun]) -> str:
