@@ -163,8 +163,13 @@ def test_engine_matches_onnxruntime(tiny_onnx, photo_wide, tmp_path: Path) -> No
 @needs_trt
 def test_dcn_engine_with_dynamic_shapes_matches_onnxruntime(tiny_onnx, photo, photo_wide, tmp_path: Path) -> None:
     """ONNX DeformConv as TensorRT's native layer (>= 10.1), two input sizes through one dynamic profile."""
+    import tensorrt as trt
+
     from fastinst_rt import Segmenter
     from fastinst_rt.export.trt_build import build_engine
+
+    if parse_version(trt.__version__) < (10, 1):
+        pytest.skip(f"TensorRT {trt.__version__} has no DeformConv layer (>= 10.1); its DCN path is --dcn-plugin")
 
     engine = build_engine(tiny_onnx["dcn-dynamic"], tmp_path / "dcn.engine", progress=False)
     for image in (photo, photo_wide):

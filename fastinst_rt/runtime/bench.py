@@ -174,7 +174,7 @@ _SMI_FIELDS = ("name", "driver_version", "pstate", "clocks.sm", "clocks.max.sm",
 
 
 def _gpu_clocks() -> dict:
-    """GPU name, driver and clocks from ``nvidia-smi`` (desktop/server GPUs) or devfreq (Jetson); {} if neither.
+    """Name, driver and clocks of each GPU from ``nvidia-smi``, or devfreq on a Jetson; {} if neither.
 
     Clocks decide GPU latency as much as the code does (a T4 throttles under load, a Jetson's power mode caps
     them), so they are recorded beside every result; no torch needed, the TensorRT backend runs without it.
@@ -184,10 +184,10 @@ def _gpu_clocks() -> dict:
         try:
             out = subprocess.run([smi, f"--query-gpu={','.join(_SMI_FIELDS)}", "--format=csv,noheader"],
                                  capture_output=True, text=True, timeout=10, check=True).stdout  # fmt: skip
-            first = out.strip().splitlines()[0]
-            return {"nvidia_smi": dict(zip(_SMI_FIELDS, (v.strip() for v in first.split(","))))}
-        except (OSError, subprocess.SubprocessError, IndexError):
+        except (OSError, subprocess.SubprocessError):
             return {}
+        gpus = [dict(zip(_SMI_FIELDS, (v.strip() for v in line.split(",")))) for line in out.strip().splitlines()]
+        return {"nvidia_smi": gpus}  # one entry per GPU, in nvidia-smi (PCI bus) order
     jetson = {}
     try:
         for freq in sorted(Path("/sys/class/devfreq").glob("*gpu*/cur_freq"))[:1]:
