@@ -28,7 +28,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .runtime.predict import predict_source
+    from .jobs.predict import predict_source
     from .runtime.segmenter import Segmenter
 
     seg = Segmenter(
@@ -140,7 +140,7 @@ def _segmenters(args: argparse.Namespace) -> list[tuple[str, Segmenter]]:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .runtime.bench import benchmark, markdown_table, plot_runs, write_json
+    from .jobs.bench import benchmark, markdown_table, plot_runs, write_json
 
     labels, segs = zip(*_segmenters(args))
     image = args.image or SAMPLE_PHOTO
@@ -156,7 +156,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .runtime.evaluate import evaluate_coco
+    from .jobs.evaluate import evaluate_coco
     from .runtime.segmenter import Segmenter
 
     seg = Segmenter(args.model, backend=args.backend, device=args.device, conf=args.conf, max_det=args.max_det,
@@ -170,7 +170,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .jobs.demo import run_demo
 
     run_demo(args.output, num_images=args.num_images, iters=args.iters)
     return 0

@@ -10,7 +10,7 @@ from PIL import Image
 
 from fastinst_rt.cli import main
 from fastinst_rt.export.onnx_export import export_onnx
-from fastinst_rt.runtime.bench import STAGES
+from fastinst_rt.jobs.bench import STAGES
 
 from .conftest import TEST_VARIANTS
 

@@ -9,7 +9,7 @@ import cv2
 
 from fastinst_rt import Segmenter, load_model
 from fastinst_rt.cli import main
-from fastinst_rt.demo import DEMO_MODEL, run_demo
+from fastinst_rt.jobs.demo import DEMO_MODEL, run_demo
 
 
 def test_bundled_model_resolves_by_name() -> None:
@@ -45,7 +45,7 @@ def test_demo_command(tmp_path: Path) -> None:
 
 def test_bundled_model_keeps_its_recorded_accuracy(tmp_path: Path) -> None:
     """assets/README.md records mask AP 63.2 on 200 images of seed 7; its first 60 must stay above the goal of 50."""
-    from fastinst_rt.runtime.evaluate import evaluate_coco
+    from fastinst_rt.jobs.evaluate import evaluate_coco
     from fastinst_rt.training.synth import make_synthetic_dataset
 
     ann = make_synthetic_dataset(tmp_path / "held-out", 60, seed=7)

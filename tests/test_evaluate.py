@@ -12,7 +12,7 @@ from pycocotools import mask as mask_utils
 
 from fastinst_rt import Segmenter
 from fastinst_rt.coco import COCO_CATEGORY_IDS, COCO_CLASSES
-from fastinst_rt.runtime.evaluate import category_mapping, evaluate_coco
+from fastinst_rt.jobs.evaluate import category_mapping, evaluate_coco
 
 from .conftest import TEST_VARIANTS
 

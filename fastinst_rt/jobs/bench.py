@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .preprocess import load_image
-from .segmenter import Segmenter
+from ..runtime.preprocess import load_image
+from ..runtime.segmenter import Segmenter
 
 __all__ = ["BenchRun", "benchmark", "markdown_table", "plot_runs", "machine_info", "STAGES"]
 

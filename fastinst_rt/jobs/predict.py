@@ -12,8 +12,8 @@ import cv2
 import numpy as np
 
 from ..coco import COCO_CATEGORY_IDS, COCO_CLASSES
-from .preprocess import load_image
-from .segmenter import Segmenter
+from ..runtime.preprocess import load_image
+from ..runtime.segmenter import Segmenter
 
 __all__ = ["IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "PredictSummary", "iter_frames", "predict_source"]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .segmenter import Segmenter
+from ..runtime.segmenter import Segmenter
 
 __all__ = ["evaluate_coco", "category_mapping", "STAT_NAMES"]
 

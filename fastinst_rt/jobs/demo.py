@@ -53,9 +53,9 @@ def run_demo(
         num_images: sample images to generate and segment.
         iters: timed iterations per backend for the latency table.
     """
-    from .runtime.bench import benchmark, markdown_table, plot_runs, write_json
-    from .runtime.segmenter import Segmenter
-    from .training.synth import make_synthetic_dataset
+    from ..runtime.segmenter import Segmenter
+    from ..training.synth import make_synthetic_dataset
+    from .bench import benchmark, markdown_table, plot_runs, write_json
 
     start = time.perf_counter()
     out = Path(output)
@@ -67,7 +67,7 @@ def run_demo(
     torch_seg = Segmenter(DEMO_MODEL, backend="torch", device="cpu", conf=0.5)
     onnx_path = out / "fastinst-demo.onnx"
     _say(f"[demo] exporting {DEMO_MODEL} to {onnx_path}", quiet)
-    from .export import export_onnx
+    from ..export import export_onnx
 
     export_onnx(DEMO_MODEL, onnx_path, imgsz=_SAMPLE_SIZE, progress=not quiet)
     ort_seg = Segmenter(onnx_path, device="cpu", conf=0.5)
