@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastinst_rt.artifact import INPUT_NAMES, OUTPUT_NAMES
 from fastinst_rt.modeling.fastinst import FastInst
 from fastinst_rt.modeling.layers import Attention, DeformConv, deform_conv2d
 
@@ -264,16 +265,15 @@ def make_exportable(model: FastInst, *, dcn: str = "onnx", fp16: bool = False) -
 def select_pairs(
     logits: torch.Tensor, masks: torch.Tensor, max_det: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The official top-``max_det`` query x class pairs by class probability, with their masks and boxes.
+    """The official top-``max_det`` query x class pairs by class probability, with their query and masks.
 
     Args:
         logits: (B, Q, K+1) float32 class logits (last column no-object). masks: (B, Q, h, w) mask logits.
         max_det: a Python int (TopK's k must be a constant for TensorRT); at most Q*K.
     Returns:
-        scores (B, N) float32 class probabilities (softmax over K+1, no-object dropped), descending;
-        labels (B, N) int64; masks (B, N, h, w) float32 mask logits of each pair's query;
-        boxes (B, N, 4) float32 xyxy in padded-input pixels from the low-resolution masks (logit > 0), each mask
-        cell covering ``MASK_STRIDE`` pixels; (0, 0, 0, 0) for an empty mask. N = max_det.
+        ``(scores, labels, query, masks)``, the backends' output contract (``runtime.backends.base.Backend``):
+        (B, N) float32 class probabilities, descending; (B, N) int64 classes; (B, N) int64 queries; (B, N, h, w)
+        float32 mask logits of each pair's query. N = max_det.
     """
     b, q, k1 = logits.shape
     num_classes = k1 - 1
@@ -284,26 +284,7 @@ def select_pairs(
     labels = index - query * num_classes
     # The query index broadcast over (h, w) with a zero map: GatherElements on the 4-D masks, no reshapes.
     spread = query[:, :, None, None] + torch.zeros_like(masks[:, :1], dtype=torch.int64)  # (B, N, h, w)
-    picked = torch.gather(masks, 1, spread)
-    return scores, labels, picked, _boxes_from_logits(picked)
-
-
-def _boxes_from_logits(masks: torch.Tensor) -> torch.Tensor:
-    # Like postprocess.boxes_from_masks but index-free: first/last occupied row and column via min/max over
-    # "index where occupied, else a sentinel" (a Range over the shape only), scaled to input pixels.
-    positive = (masks > 0).to(masks.dtype)
-    rows, cols = positive.amax(dim=3), positive.amax(dim=2)  # (B, N, h), (B, N, w)
-    h, w = masks.shape[-2:]
-    ys = torch.arange(h, device=masks.device).to(masks.dtype)
-    xs = torch.arange(w, device=masks.device).to(masks.dtype)
-    big = torch.full((), 1e9, dtype=masks.dtype, device=masks.device)
-    zero = torch.zeros((), dtype=masks.dtype, device=masks.device)
-    x1 = torch.where(cols > 0, xs, big).amin(dim=2)
-    x2 = torch.where(cols > 0, xs + 1, zero).amax(dim=2)
-    y1 = torch.where(rows > 0, ys, big).amin(dim=2)
-    y2 = torch.where(rows > 0, ys + 1, zero).amax(dim=2)
-    nonempty = rows.amax(dim=2)  # 1.0 or 0.0
-    return torch.stack([x1, y1, x2, y2], dim=2) * (nonempty[:, :, None] * MASK_STRIDE)
+    return scores, labels, query, torch.gather(masks, 1, spread)
 
 
 class DeployModel(nn.Module):
@@ -318,7 +299,7 @@ class DeployModel(nn.Module):
 
     ``forward(images, sizes)``: images (B, 3, H, W) uint8 RGB, zero-padded bottom/right to multiples of 32; sizes
     (B, 2) int64, each image's valid (h, w). Returns ``(pred_logits (B, Q, K+1), pred_masks (B, Q, H/8, W/8))``
-    float32 when ``raw``, else ``select_pairs``' ``(scores, labels, masks, boxes)`` (see ``output_names``).
+    float32 when ``raw``, else ``select_pairs``' ``(scores, labels, query, masks)`` (see ``output_names``).
     """
 
     def __init__(
@@ -334,11 +315,11 @@ class DeployModel(nn.Module):
 
     @property
     def input_names(self) -> tuple[str, ...]:
-        return ("images", "sizes")
+        return INPUT_NAMES
 
     @property
     def output_names(self) -> tuple[str, ...]:
-        return ("pred_logits", "pred_masks") if self.raw else ("scores", "labels", "masks", "boxes")
+        return OUTPUT_NAMES["raw" if self.raw else "e2e"]
 
     def forward(self, images: torch.Tensor, sizes: torch.Tensor) -> tuple[torch.Tensor, ...]:
         m = self.model

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import math
 import os
@@ -22,6 +21,7 @@ import sys
 import tempfile
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,23 +29,23 @@ import onnx
 import torch
 
 from fastinst_rt import __version__
+from fastinst_rt.artifact import ArtifactMeta
 from fastinst_rt.checkpoint import ModelInfo, load_checkpoint
 from fastinst_rt.coco import COCO_CLASSES
 from fastinst_rt.modeling.fastinst import SIZE_DIVISIBILITY, FastInst
 from fastinst_rt.modeling.layers import DeformConv
-from fastinst_rt.runtime.backends.ort import METADATA_FORMAT, OUTPUT_NAMES
 from fastinst_rt.zoo import DEFAULT_TEST_SIZE
 
 from .checks import check_graph, graph_opset
 from .deploy import MASK_STRIDE, DeployModel
 
-__all__ = ["export_onnx", "parse_imgsz", "default_imgsz"]
+__all__ = ["export_onnx", "plan_export", "ExportPlan", "parse_imgsz", "default_imgsz"]
 
 DEFAULT_OPSET = 19  # ONNX DeformConv; TensorRT >= 10.1 and ONNX Runtime >= 1.25
 PLUGIN_OPSET = 17  # TensorRT 8.6's parser reads opset <= 17
 MAX_OPSET = 21
 # Verification tolerance (relative L2 of sorted outputs) between the torch wrapper and ONNX Runtime. FP16 is gated
-# on the class outputs only: its mask logits and boxes move with float16 rounding (measured 1e-2..5e-2 on random
+# on the class outputs only: its mask logits move with float16 rounding (measured 1e-2..5e-2 on random
 # full-size weights), which is reported, not refused.
 _VERIFY_TOL = {"fp32": 1e-3, "fp16": 5e-2}
 _FP16_GATED = ("scores", "pred_logits")
@@ -85,21 +85,80 @@ def _log(progress: bool, msg: str) -> None:
         print(f"[fastinst-rt export] {msg}", file=sys.stderr, flush=True)
 
 
-def _load(model: FastInst | str | os.PathLike) -> tuple[FastInst, ModelInfo]:
-    if isinstance(model, FastInst):
-        info = getattr(model, "info", None)
-        if info is None:  # a bare module (e.g. built in a test): generic metadata
-            k = model.num_classes
-            names = COCO_CLASSES if k == len(COCO_CLASSES) else tuple(f"class{i}" for i in range(k))
-            info = ModelInfo("fastinst", None, tuple(names), DEFAULT_TEST_SIZE)  # type: ignore[arg-type]
-        return model.eval(), info
-    return load_checkpoint(model, "cpu")
+@dataclass(frozen=True)
+class ExportPlan:
+    """What one export writes, decided and validated before anything is traced."""
+
+    info: ModelInfo
+    test_size: tuple[int, int]  # (short side, long-side cap) written into the metadata
+    size: tuple[int, int]  # the fixed padded input (H, W), or the tracing example's size when dynamic
+    dynamic: bool
+    batch: int
+    precision: str  # "fp32" or "fp16"
+    raw: bool
+    opset: int
+    max_det: int
+    dcn: str  # "none", "onnx" or "trt-plugin" (artifact.DCN_FORMS)
+    simplify: bool
+    progress: bool
+
+    @property
+    def exporter(self) -> str:
+        return "dynamo" if self.opset >= 18 else "torchscript"
+
+    @property
+    def runnable(self) -> bool:
+        """Whether ONNX Runtime can run the graph (it has no kernel for the TensorRT plugin node)."""
+        return self.dcn != "trt-plugin"
+
+
+def _load(model: FastInst | str | os.PathLike, info: ModelInfo | None) -> tuple[FastInst, ModelInfo]:
+    if not isinstance(model, FastInst):
+        return load_checkpoint(model, "cpu")
+    if info is None:  # a bare module (e.g. built in a test): generic metadata
+        k = model.num_classes
+        names = COCO_CLASSES if k == len(COCO_CLASSES) else tuple(f"class{i}" for i in range(k))
+        info = ModelInfo("fastinst", None, tuple(names), DEFAULT_TEST_SIZE)  # type: ignore[arg-type]
+    return model.eval(), info
+
+
+def plan_export(
+    net: FastInst, info: ModelInfo, *, imgsz: int | str | tuple[int, int] | None, dynamic: bool,
+    min_size: int | None, max_size: int | None, batch: int, fp16: bool, raw: bool, opset: int | None, max_det: int,
+    dcn_plugin: bool, simplify: bool, progress: bool,
+) -> ExportPlan:  # fmt: skip
+    """Check the options against each other and the model (arguments as ``export_onnx``); ValueError if they clash."""
+    has_dcn = any(isinstance(m, DeformConv) for m in net.modules())
+    if dcn_plugin and not has_dcn:
+        _log(progress, "the model has no deformable convolution: --dcn-plugin changes nothing")
+    dcn = ("trt-plugin" if dcn_plugin else "onnx") if has_dcn else "none"
+    opset = int(opset) if opset is not None else (PLUGIN_OPSET if dcn == "trt-plugin" else DEFAULT_OPSET)
+    if not PLUGIN_OPSET <= opset <= MAX_OPSET:
+        raise ValueError(f"opset {opset} is not supported: use {PLUGIN_OPSET}..{MAX_OPSET}")
+    if dcn == "onnx" and opset < 19:
+        raise ValueError(f"ONNX DeformConv needs opset >= 19, got {opset}; for TensorRT 8.6 use --dcn-plugin")
+    if dynamic and opset < 18:
+        # The TorchScript tracer bakes sizes read off tensors (the top-k gathers) into constants: measured, a dynamic
+        # opset-17 graph fails at any other input size. TensorRT 8.6 engines are built per size anyway.
+        raise ValueError(f"dynamic shapes need opset >= 18 (the dynamo exporter); opset {opset} graphs are static")
+    if batch < 1:
+        raise ValueError(f"batch must be positive, got {batch}")
+    if max_det < 1:
+        raise ValueError(f"max_det must be positive, got {max_det}")
+    test_size = (int(min_size or info.test_size[0]), int(max_size or info.test_size[1]))
+    size = parse_imgsz(imgsz) if imgsz is not None else default_imgsz(test_size)
+    q = net.decoder.num_queries
+    if (size[0] // 16) * (size[1] // 16) < q:
+        raise ValueError(f"input {size[0]}x{size[1]} is too small to select {q} queries at 1/16")
+    return ExportPlan(info, test_size, size, dynamic, batch, "fp16" if fp16 else "fp32", raw, opset,
+                      min(int(max_det), q * net.num_classes), dcn, simplify, progress)  # fmt: skip
 
 
 def export_onnx(
     model: FastInst | str | os.PathLike,
     output: str | os.PathLike,
     *,
+    info: ModelInfo | None = None,
     imgsz: int | str | tuple[int, int] | None = None,
     dynamic: bool = False,
     min_size: int | None = None,
@@ -116,8 +175,10 @@ def export_onnx(
     """Export a FastInst checkpoint (path or zoo name) or module to an ONNX file; returns the written path.
 
     Args:
-        model: checkpoint path, zoo name, or a ``FastInst`` (with ``.info`` from ``load_model`` for full metadata).
+        model: checkpoint path, zoo name, or a ``FastInst`` module.
         output: the ``.onnx`` path to write.
+        info: the module's ``ModelInfo`` (names, test size, provenance) when ``model`` is a module, e.g. from
+            ``checkpoint.load_checkpoint``; default generic metadata (COCO or "classN" names). Ignored for paths.
         imgsz: fixed padded input (H, W) of a static graph, "HxW" or N; default ``default_imgsz(test size)``.
         dynamic: batch, height and width dynamic (``imgsz`` then only sets the tracing example).
         min_size, max_size: the test-time resize written into the metadata (default: the model's).
@@ -128,62 +189,52 @@ def export_onnx(
             >= 18 the dynamo one.
         max_det: pairs kept by the end-to-end graph (TopK's constant k).
         dcn_plugin: write DCN layers as TensorRT ``ModulatedDeformConv2d`` plugin nodes (for TensorRT 8.6); such a
-            graph does not run in ONNX Runtime.
+            graph does not run in ONNX Runtime, so it is linted but not verified.
         simplify: run onnxslim when installed, keeping the result only if ONNX Runtime gives the same outputs.
         progress: print the steps to stderr.
     """
     start = time.perf_counter()
-    output = Path(output)
-    net, info = _load(model)
-    has_dcn = any(isinstance(m, DeformConv) for m in net.modules())
-    if dcn_plugin and not has_dcn:
-        _log(progress, "the model has no deformable convolution: --dcn-plugin changes nothing")
-    dcn_plugin = dcn_plugin and has_dcn
-    opset = int(opset) if opset is not None else (PLUGIN_OPSET if dcn_plugin else DEFAULT_OPSET)
-    if not PLUGIN_OPSET <= opset <= MAX_OPSET:
-        raise ValueError(f"opset {opset} is not supported: use {PLUGIN_OPSET}..{MAX_OPSET}")
-    if has_dcn and not dcn_plugin and opset < 19:
-        raise ValueError(f"ONNX DeformConv needs opset >= 19, got {opset}; for TensorRT 8.6 use --dcn-plugin")
-    if dynamic and opset < 18:
-        # The TorchScript tracer bakes sizes read off tensors (the top-k gathers) into constants: measured, a dynamic
-        # opset-17 graph fails at any other input size. TensorRT 8.6 engines are built per size anyway.
-        raise ValueError(f"dynamic shapes need opset >= 18 (the dynamo exporter); opset {opset} graphs are static")
-    if batch < 1:
-        raise ValueError(f"batch must be positive, got {batch}")
-    test_size = (int(min_size or info.test_size[0]), int(max_size or info.test_size[1]))
-    size = parse_imgsz(imgsz) if imgsz is not None else default_imgsz(test_size)
-    q = net.decoder.num_queries
-    if (size[0] // 16) * (size[1] // 16) < q:
-        raise ValueError(f"input {size[0]}x{size[1]} is too small to select {q} queries at 1/16")
-
-    wrapper = DeployModel(net, raw=raw, max_det=max_det, fp16=fp16, dcn="trt-plugin" if dcn_plugin else "onnx").eval()
+    net, info = _load(model, info)
+    plan = plan_export(net, info, imgsz=imgsz, dynamic=dynamic, min_size=min_size, max_size=max_size, batch=batch,
+                       fp16=fp16, raw=raw, opset=opset, max_det=max_det, dcn_plugin=dcn_plugin, simplify=simplify,
+                       progress=progress)  # fmt: skip
+    wrapper = DeployModel(net, raw=raw, max_det=plan.max_det, fp16=fp16, dcn=plan.dcn if plan.dcn != "none" else "onnx")
     # Dynamic export traces batch 2: torch.export specializes an example dimension of size 1.
-    example_batch = 2 if dynamic else batch
-    images, sizes = _example_inputs(example_batch, size)
-    exporter = "dynamo" if opset >= 18 else "torchscript"
-    _log(progress, f"tracing {info.name} ({exporter} exporter, opset {opset}, {'dynamic' if dynamic else 'static'} "
-                   f"{'Bx3xHxW' if dynamic else f'{batch}x3x{size[0]}x{size[1]}'}, {'fp16' if fp16 else 'fp32'}, "
-                   f"{'raw' if raw else 'e2e'} outputs)")  # fmt: skip
-    t = time.perf_counter()
-    proto = _export(wrapper, images, sizes, opset, dynamic, exporter, progress)
-    _log(progress, f"exported {len(proto.graph.node)} nodes in {time.perf_counter() - t:.1f} s")
-    if graph_opset(proto) != opset:
-        raise RuntimeError(f"the exporter wrote opset {graph_opset(proto)} instead of the requested {opset}")
-    _set_io_shapes(proto, wrapper, batch=None if dynamic else batch, size=None if dynamic else size)
-
-    runnable = not dcn_plugin  # ONNX Runtime has no kernel for the TensorRT plugin node
-    precision = "fp16" if fp16 else "fp32"
-    feeds = {"images": images.numpy(), "sizes": sizes.numpy()} if runnable else None
-    if simplify:
-        proto = _simplify(proto, feeds, _VERIFY_TOL[precision] / 10, progress)
-    meta = _metadata(info, wrapper, test_size, size, dynamic, batch, fp16, opset, exporter, dcn_plugin, has_dcn)
-    for key, value in meta.items():
-        proto.metadata_props.add(key=key, value=json.dumps(value))
-    problems = check_graph(proto, opset=opset, fixed=not dynamic)
+    images, sizes = _example_inputs(2 if dynamic else batch, plan.size)
+    proto = _trace(wrapper, images, sizes, plan)
+    feeds = {"images": images.numpy(), "sizes": sizes.numpy()} if plan.runnable else None
+    if plan.simplify:
+        proto = _simplify(proto, feeds, _VERIFY_TOL[plan.precision] / 10, progress)
+    for key, value in _metadata(plan, wrapper).to_props().items():
+        proto.metadata_props.add(key=key, value=value)
+    problems = check_graph(proto, opset=plan.opset, fixed=not dynamic)
     if problems:
         raise RuntimeError("the exported graph is not deployable:\n  " + "\n  ".join(problems))
-    if runnable:
-        _verify(proto, wrapper, images, sizes, precision, progress)
+    if plan.runnable:
+        _verify(proto, wrapper, images, sizes, plan.precision, progress)
+    else:
+        _log(
+            progress, "not verified: ONNX Runtime cannot run the TensorRT plugin nodes (checked by the graph lint only)"
+        )
+    return _save(proto, Path(output), progress, start)
+
+
+def _trace(wrapper: DeployModel, images: torch.Tensor, sizes: torch.Tensor, plan: ExportPlan) -> onnx.ModelProto:
+    """The exporter's graph, its opset asserted, with the I/O contract's shapes written in."""
+    s, b = plan.size, plan.batch
+    _log(plan.progress, f"tracing {plan.info.name} ({plan.exporter} exporter, opset {plan.opset}, "
+                        f"{'dynamic Bx3xHxW' if plan.dynamic else f'static {b}x3x{s[0]}x{s[1]}'}, {plan.precision}, "
+                        f"{'raw' if plan.raw else 'e2e'} outputs)")  # fmt: skip
+    t = time.perf_counter()
+    proto = _export(wrapper, images, sizes, plan.opset, plan.dynamic, plan.exporter, plan.progress)
+    _log(plan.progress, f"exported {len(proto.graph.node)} nodes in {time.perf_counter() - t:.1f} s")
+    if graph_opset(proto) != plan.opset:
+        raise RuntimeError(f"the exporter wrote opset {graph_opset(proto)} instead of the requested {plan.opset}")
+    _set_io_shapes(proto, wrapper, batch=None if plan.dynamic else b, size=None if plan.dynamic else s)
+    return proto
+
+
+def _save(proto: onnx.ModelProto, output: Path, progress: bool, start: float) -> Path:
     output.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(proto, os.fspath(output))
     mb = output.stat().st_size / 2**20
@@ -259,7 +310,7 @@ def _set_io_shapes(
     q, k1, n = wrapper.model.decoder.num_queries, wrapper.model.num_classes + 1, wrapper.max_det
     shapes = {
         "images": [b, 3, h, w], "sizes": [b, 2], "pred_logits": [b, q, k1], "pred_masks": [b, q, mh, mw],
-        "scores": [b, n], "labels": [b, n], "masks": [b, n, mh, mw], "boxes": [b, n, 4],
+        "scores": [b, n], "labels": [b, n], "query": [b, n], "masks": [b, n, mh, mw],
     }  # fmt: skip
     for vi in list(proto.graph.input) + list(proto.graph.output):
         dims = vi.type.tensor_type.shape.dim
@@ -336,7 +387,7 @@ def _verify(
     for name, g, r in zip(wrapper.output_names, got, ref):
         if not np.isfinite(g).all():
             raise RuntimeError(f"ONNX Runtime output {name} holds NaN/inf")
-        if name != "labels":
+        if name not in ("labels", "query"):  # indices: ties may swap them, their scores are compared
             errors[name] = _rel_sorted(g, r)
     gated = [v for k, v in errors.items() if precision == "fp32" or k in _FP16_GATED]
     _log(progress, "verified against torch: " + ", ".join(f"{k} {v:.1e}" for k, v in errors.items()))
@@ -344,45 +395,17 @@ def _verify(
         raise RuntimeError(f"ONNX Runtime disagrees with torch: {errors} (tolerance {_VERIFY_TOL[precision]})")
 
 
-def _metadata(
-    info: ModelInfo, wrapper: DeployModel, test_size: tuple[int, int], size: tuple[int, int], dynamic: bool,
-    batch: int, fp16: bool, opset: int, exporter: str, dcn_plugin: bool, has_dcn: bool,
-) -> dict:  # fmt: skip
-    """Everything the runtime needs, so that ``Segmenter("x.onnx")`` takes no other argument (values JSON)."""
-    m = wrapper.model
-    kind = "raw" if wrapper.raw else "e2e"
-    return {
-        "format": METADATA_FORMAT,
-        "fastinst_rt_version": __version__,
-        "model": info.name,
-        "class_names": list(info.class_names),
-        "test_size": list(test_size),
-        "size_divisibility": SIZE_DIVISIBILITY,
-        "inputs": [
-            {
-                "name": "images",
-                "dtype": "uint8",
-                "layout": "NCHW",
-                "color": "RGB",
-                "note": "resized image at the top left, zero padding bottom/right to multiples of size_divisibility",
-            },
-            {"name": "sizes", "dtype": "int64", "layout": "B2", "note": "valid (h, w) of each image"},
-        ],  # fmt: skip
-        "outputs": kind,
-        "output_names": list(OUTPUT_NAMES[kind]),
-        "max_det": None if wrapper.raw else wrapper.max_det,
-        "num_queries": m.decoder.num_queries,
-        "mask_stride": MASK_STRIDE,
-        "dynamic": dynamic,
-        "fixed_size": None if dynamic else list(size),
-        "batch": None if dynamic else batch,
-        "mean": [float(v) for v in m.pixel_mean.flatten()],
-        "std": [float(v) for v in m.pixel_std.flatten()],
-        "precision": "fp16" if fp16 else "fp32",
-        "opset": opset,
-        "exporter": f"torch.onnx {exporter} (torch {torch.__version__}, onnx {onnx.__version__})",
-        "dcn": "trt-plugin" if dcn_plugin else ("onnx" if has_dcn else "none"),
-        "source": os.path.basename(info.source) if info.source else "",
-        "source_sha256": info.sha256,
-        "config": info.config.to_dict() if info.config is not None else None,
-    }
+def _metadata(plan: ExportPlan, wrapper: DeployModel) -> ArtifactMeta:
+    """Everything the runtime needs, so that ``Segmenter("x.onnx")`` takes no other argument."""
+    m, info = wrapper.model, plan.info
+    return ArtifactMeta(
+        model=info.name, class_names=tuple(info.class_names), test_size=plan.test_size,
+        outputs="raw" if plan.raw else "e2e", size_divisibility=SIZE_DIVISIBILITY,
+        fixed_size=None if plan.dynamic else plan.size, batch=None if plan.dynamic else plan.batch,
+        dynamic=plan.dynamic, precision=plan.precision, max_det=None if plan.raw else wrapper.max_det,
+        num_queries=m.decoder.num_queries, mask_stride=MASK_STRIDE,
+        mean=tuple(float(v) for v in m.pixel_mean.flatten()), std=tuple(float(v) for v in m.pixel_std.flatten()),
+        opset=plan.opset, exporter=f"torch.onnx {plan.exporter} (torch {torch.__version__}, onnx {onnx.__version__})",
+        dcn=plan.dcn, source=os.path.basename(info.source) if info.source else "", source_sha256=info.sha256,
+        fastinst_rt_version=__version__, config=info.config.to_dict() if info.config is not None else None,
+    )  # fmt: skip

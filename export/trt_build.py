@@ -10,30 +10,65 @@ caches) and differences are found by probing the module, not by comparing versio
   the FP16 builder flag where it still exists and is refused where it does not;
 * progress: ``IProgressMonitor`` where it exists (10.x+), otherwise phase messages only.
 
-Beside ``X.engine`` goes ``X.engine.json``: the ONNX metadata plus the TensorRT version, GPU, precision and
-profile, so that the runtime can refuse an engine from another TensorRT version or GPU before deserializing.
+Beside ``X.engine`` goes ``X.engine.json`` (``fastinst_rt.artifact.EngineSidecar``): the ONNX metadata plus the
+TensorRT version, GPU, precision and profile, so that the runtime can refuse an engine from another TensorRT
+version or GPU before deserializing. ``build_engine`` is a plan (``plan_build``, every refusal before minutes in the
+builder), then parse, configure, build and write.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import re
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from fastinst_rt.runtime.backends.ort import read_metadata
-from fastinst_rt.runtime.backends.trt import ENGINE_FORMAT, check_build_target, parse_version, sidecar_path
+from fastinst_rt.artifact import (
+    ArtifactError,
+    ArtifactMeta,
+    EngineSidecar,
+    parse_version,
+    read_onnx_meta,
+    read_sidecar,
+    sidecar_path,
+    write_sidecar,
+)
 
-__all__ = ["build_engine", "parse_shape", "default_profile", "default_engine_path"]
+__all__ = ["build_engine", "plan_build", "BuildPlan", "check_build_target", "parse_shape", "default_profile",
+           "default_engine_path"]  # fmt: skip
+
+Profile = dict[str, tuple[tuple[int, ...], ...]]
 
 
 def _log(progress: bool, msg: str) -> None:
     if progress:
         print(f"[build] {msg}", file=sys.stderr, flush=True)
+
+
+def check_build_target(trt_version: str, compute_capability: str, dcn: str, has_deform_plugin: bool) -> None:
+    """Refuse combinations that cannot work, before spending minutes in the builder.
+
+    Args:
+        trt_version: e.g. "10.4.0". compute_capability: e.g. "7.0" (V100), "7.5" (T4), "8.7" (Orin).
+        dcn: the graph's DCN form from its metadata: "none", "onnx" (DeformConv op) or "trt-plugin".
+        has_deform_plugin: whether the plugin registry has ``ModulatedDeformConv2d``.
+    """
+    version = parse_version(trt_version)
+    if compute_capability == "7.0" and version >= (10, 5):
+        raise ValueError(f"TensorRT {trt_version} dropped Volta (V100, sm 7.0) in 10.5: use TensorRT <= 10.4 on V100")
+    if version < (8, 6):
+        raise ValueError(f"TensorRT {trt_version} is older than the supported 8.6")
+    if dcn == "onnx" and version < (10, 1):
+        raise ValueError(
+            f"this graph has ONNX DeformConv nodes, which TensorRT parses from 10.1 on (this is {trt_version}): "
+            "export it with --dcn-plugin (opset 17, the built-in ModulatedDeformConv2d plugin) for TensorRT 8.6"
+        )
+    if dcn == "trt-plugin" and not has_deform_plugin:
+        raise ValueError(f"this graph uses the ModulatedDeformConv2d plugin, which TensorRT {trt_version} lacks")
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -47,13 +82,13 @@ def _ceil32(v: float) -> int:
     return int(math.ceil(v / 32) * 32)
 
 
-def default_profile(meta: dict, max_batch: int = 1) -> dict[str, tuple[tuple[int, ...], ...]]:
-    """(min, opt, max) shapes of ``images`` and ``sizes`` for a dynamic graph, from its test size.
+def default_profile(test_size: tuple[int, int], max_batch: int = 1) -> dict[str, tuple[tuple[int, ...], ...]]:
+    """(min, opt, max) shapes of ``images`` and ``sizes`` for a dynamic graph, from its test size (short, long).
 
     opt is one landscape image at the test size; max takes ``max_batch`` images of either orientation;
     min is half the short side (and at least 160 px, which the 100-query selection at 1/16 needs).
     """
-    short, long = (int(v) for v in meta["test_size"])
+    short, long = (int(v) for v in test_size)
     lo = max(160, _ceil32(short / 2))
     opt_hw, max_side = (_ceil32(short), _ceil32(long)), _ceil32(long)
     images = ((1, 3, lo, lo), (1, 3, *opt_hw), (max_batch, 3, max_side, max_side))
@@ -65,10 +100,6 @@ def default_engine_path(onnx_path: Path, trt_version: str, gpu: str, precision: 
     """Cache name encoding what an engine is tied to: ``model.<gpu>.trt<version>.<precision>.engine``."""
     slug = re.sub(r"[^a-z0-9]+", "-", gpu.lower()).strip("-")
     return onnx_path.with_name(f"{onnx_path.stem}.{slug}.trt{trt_version}.{precision}.engine")
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _progress_monitor(trt, progress: bool):
@@ -92,13 +123,57 @@ def _progress_monitor(trt, progress: bool):
     return Monitor()
 
 
+@dataclass(frozen=True)
+class BuildPlan:
+    """What one build makes, decided before the builder runs."""
+
+    onnx_path: Path
+    meta: ArtifactMeta
+    output: Path
+    trt_version: str
+    gpu: dict  # {"name", "compute_capability"} of the build device
+    precision: str  # of the engine: "fp16" when the graph is FP16 or the FP16 flag is used, else "fp32"
+    fp16_flag: bool  # FP16 kernels for an FP32 graph (weakly typed builders)
+    strongly_typed: bool  # an FP16 graph built in its own types (where TensorRT offers it)
+    onnx_sha256: str
+    workspace_gb: float
+    profile: Profile | None
+    max_batch: int
+    timing_cache: Path | None
+
+
+def plan_build(
+    trt, onnx_path: Path, output: str | os.PathLike | None, gpu: dict, *, fp16: bool, workspace_gb: float,  # noqa: ANN001
+    profile: Profile | None, max_batch: int, timing_cache: str | os.PathLike | None,
+) -> BuildPlan:  # fmt: skip
+    """Read and validate the ONNX file and decide the engine's precision and path (arguments as ``build_engine``)."""
+    import onnx
+
+    if not onnx_path.is_file():
+        raise FileNotFoundError(f"no such ONNX file: {onnx_path}")
+    meta = read_onnx_meta(onnx.load(str(onnx_path), load_external_data=False), onnx_path)
+    version = trt.__version__
+    graph_fp16 = meta.precision == "fp16"
+    strongly_typed = graph_fp16 and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
+    fp16_flag = fp16 and not graph_fp16
+    if fp16_flag and not hasattr(trt.BuilderFlag, "FP16"):
+        raise ValueError(f"TensorRT {version} has no FP16 builder flag (strongly typed networks only): export an "
+                         "FP16 graph with `fastinst-rt export --fp16` and build from it")  # fmt: skip
+    precision = "fp16" if (graph_fp16 or fp16_flag) else "fp32"
+    out = Path(output) if output else default_engine_path(onnx_path, version, gpu["name"], precision)
+    sha = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
+    cache = Path(timing_cache) if timing_cache is not None else None
+    return BuildPlan(onnx_path, meta, out, version, gpu, precision, fp16_flag, strongly_typed, sha, workspace_gb,
+                     profile, max_batch, cache)  # fmt: skip
+
+
 def build_engine(
     onnx_path: str | os.PathLike,
     output: str | os.PathLike | None = None,
     *,
     fp16: bool = False,
     workspace_gb: float = 4.0,
-    profile: dict[str, tuple[tuple[int, ...], ...]] | None = None,
+    profile: Profile | None = None,
     max_batch: int = 1,
     timing_cache: str | os.PathLike | None = None,
     device: int = 0,
@@ -117,104 +192,116 @@ def build_engine(
     Returns:
         The engine path.
     """
-    import onnx
-
     try:
         import tensorrt as trt
-    except ImportError:
-        raise ImportError("building engines needs TensorRT: pip install 'fastinst-rt[trt]'") from None
-    from fastinst_rt.runtime.backends import cuda_rt
 
-    onnx_path = Path(onnx_path)
-    if not onnx_path.is_file():
-        raise FileNotFoundError(f"no such ONNX file: {onnx_path}")
-    proto = onnx.load(str(onnx_path), load_external_data=False)
-    meta = read_metadata({p.key: p.value for p in proto.metadata_props}, onnx_path)
+        from fastinst_rt.runtime.backends import cuda_rt
+    except ImportError as e:
+        raise RuntimeError(
+            f"building engines needs TensorRT and cuda-python: pip install 'fastinst-rt[trt]' ({e})"
+        ) from None
     cuda_rt.set_device(device)
     gpu = cuda_rt.device_properties(device)
-    version = trt.__version__
+    plan = plan_build(trt, Path(onnx_path), output, gpu, fp16=fp16, workspace_gb=workspace_gb, profile=profile,
+                      max_batch=max_batch, timing_cache=timing_cache)  # fmt: skip
     logger = trt.Logger(trt.Logger.WARNING)
     trt.init_libnvinfer_plugins(logger, "")
-    registry = trt.get_plugin_registry()
-    has_plugin = any(registry.get_plugin_creator("ModulatedDeformConv2d", v, "") for v in ("1", "2"))
-    check_build_target(version, gpu["compute_capability"], str(meta.get("dcn", "none")), has_plugin)
-
-    graph_fp16 = meta.get("precision") == "fp16"
-    strongly_typed = graph_fp16 and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
-    use_fp16_flag = fp16 and not graph_fp16
-    if use_fp16_flag and not hasattr(trt.BuilderFlag, "FP16"):
-        raise ValueError(f"TensorRT {version} has no FP16 builder flag (strongly typed networks only): export an "
-                         "FP16 graph with `fastinst-rt export --fp16` and build from it")  # fmt: skip
-    precision = "fp16" if (graph_fp16 or use_fp16_flag) else "fp32"
-    out = Path(output) if output else default_engine_path(onnx_path, version, gpu["name"], precision)
-    onnx_sha = _sha256(onnx_path)
-    if not force and out.is_file() and sidecar_path(out).is_file():
-        old = json.loads(sidecar_path(out).read_text())
-        if (old.get("onnx_sha256"), old.get("tensorrt"), old.get("gpu"), old.get("precision")) == (
-            onnx_sha, version, gpu["name"], precision,
-        ):  # fmt: skip
-            _log(progress, f"{out} is up to date (same ONNX, TensorRT {version}, {gpu['name']}, {precision})")
-            return out
-
-    flags = 0
-    if hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH") and parse_version(version) < (10,):
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    if strongly_typed:
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    check_build_target(plan.trt_version, gpu["compute_capability"], plan.meta.dcn, _has_deform_plugin(trt))
+    if not force and _up_to_date(plan):
+        _log(progress, f"{plan.output} is up to date (same ONNX, TensorRT {plan.trt_version}, {gpu['name']}, "
+                       f"{plan.precision})")  # fmt: skip
+        return plan.output
     builder = trt.Builder(logger)
+    network, parser = _parse(trt, builder, logger, plan, progress)
+    config, shapes = _configure(trt, builder, network, plan, progress)
+    serialized, seconds = _build(builder, network, config, plan, progress)
+    return _write(plan, serialized, shapes, seconds, progress)
+
+
+def _has_deform_plugin(trt) -> bool:  # noqa: ANN001
+    registry = trt.get_plugin_registry()
+    return any(registry.get_plugin_creator("ModulatedDeformConv2d", v, "") for v in ("1", "2"))
+
+
+def _up_to_date(plan: BuildPlan) -> bool:
+    """Whether ``plan.output`` is an engine of this ONNX, TensorRT version, GPU and precision."""
+    if not (plan.output.is_file() and sidecar_path(plan.output).is_file()):
+        return False
+    try:
+        old = read_sidecar(plan.output)
+    except ArtifactError:
+        return False  # an unreadable sidecar: rebuild and overwrite it
+    return (old.build.get("onnx_sha256"), old.tensorrt, old.gpu, old.precision) == (
+        plan.onnx_sha256, plan.trt_version, plan.gpu["name"], plan.precision,
+    )  # fmt: skip
+
+
+def _parse(trt, builder, logger, plan: BuildPlan, progress: bool):  # noqa: ANN001, ANN202
+    flags = 0
+    if hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH") and parse_version(plan.trt_version) < (10,):
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    if plan.strongly_typed:
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
-    _log(progress, f"parsing {onnx_path.name} (TensorRT {version}, {gpu['name']} sm {gpu['compute_capability']})")
-    if not parser.parse_from_file(str(onnx_path)):
+    gpu = plan.gpu
+    _log(progress, f"parsing {plan.onnx_path.name} (TensorRT {plan.trt_version}, {gpu['name']} sm "
+                   f"{gpu['compute_capability']})")  # fmt: skip
+    if not parser.parse_from_file(str(plan.onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}")
+        raise RuntimeError(f"TensorRT could not parse {plan.onnx_path}: {errors}")
+    return network, parser  # the parser must outlive the network's use
 
+
+def _configure(trt, builder, network, plan: BuildPlan, progress: bool):  # noqa: ANN001, ANN202
+    """The builder config (workspace, precision, profile, timing cache, progress) and the profile's shapes."""
     config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * 2**30))
-    if use_fp16_flag or (graph_fp16 and not strongly_typed):
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(plan.workspace_gb * 2**30))
+    if plan.fp16_flag or (plan.meta.precision == "fp16" and not plan.strongly_typed):
         config.set_flag(trt.BuilderFlag.FP16)  # weakly typed builders need the flag to pick FP16 kernels
     inputs = [network.get_input(i) for i in range(network.num_inputs)]
-    dynamic = any(-1 in tuple(t.shape) for t in inputs)
     shapes = {t.name: (tuple(t.shape),) * 3 for t in inputs}
-    if dynamic:
-        shapes = profile or default_profile(meta, max_batch)
+    if any(-1 in tuple(t.shape) for t in inputs):
+        shapes = plan.profile or default_profile(plan.meta.test_size, plan.max_batch)
         opt_profile = builder.create_optimization_profile()
         for t in inputs:
             if t.name not in shapes:
                 raise ValueError(f"the profile has no shapes for input {t.name!r}")
             opt_profile.set_shape(t.name, *shapes[t.name])
         config.add_optimization_profile(opt_profile)
-    cache = None
-    if timing_cache is not None:
-        blob = Path(timing_cache).read_bytes() if Path(timing_cache).is_file() else b""
-        cache = config.create_timing_cache(blob)
-        config.set_timing_cache(cache, False)
+    if plan.timing_cache is not None:
+        blob = plan.timing_cache.read_bytes() if plan.timing_cache.is_file() else b""
+        config.set_timing_cache(config.create_timing_cache(blob), False)
     monitor = _progress_monitor(trt, progress)
     if monitor is not None:
         config.progress_monitor = monitor
+    return config, shapes
 
-    _log(progress, f"building a {precision} engine (this takes minutes; the timing cache makes rebuilds faster)")
+
+def _build(builder, network, config, plan: BuildPlan, progress: bool) -> tuple[object, float]:  # noqa: ANN001
+    _log(progress, f"building a {plan.precision} engine (this takes minutes; the timing cache makes rebuilds faster)")
     start = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise RuntimeError("TensorRT failed to build the engine (see the TensorRT log above)")
-    seconds = time.perf_counter() - start
-    if timing_cache is not None:
-        Path(timing_cache).write_bytes(memoryview(config.get_timing_cache().serialize()))
+    if plan.timing_cache is not None:
+        plan.timing_cache.write_bytes(memoryview(config.get_timing_cache().serialize()))
+    return serialized, time.perf_counter() - start
 
+
+def _write(plan: BuildPlan, serialized: object, shapes: Profile, seconds: float, progress: bool) -> Path:
+    out = plan.output
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(memoryview(serialized))
-    max_b = max(s[2][0] for s in shapes.values())
-    sidecar = {
-        "format": ENGINE_FORMAT, "meta": meta, "tensorrt": version, "gpu": gpu["name"],
-        "compute_capability": gpu["compute_capability"], "precision": precision,
-        "strongly_typed": strongly_typed, "profile": {k: [list(s) for s in v] for k, v in shapes.items()},
-        "max_batch": int(max_b), "dynamic_batch": dynamic and meta.get("batch") is None,
-        "onnx": onnx_path.name, "onnx_sha256": onnx_sha, "workspace_gb": workspace_gb,
-        "build_seconds": round(seconds, 1), "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }  # fmt: skip
-    sidecar_path(out).write_text(json.dumps(sidecar, indent=2))
-    _log(
-        progress, f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB) in {seconds:.0f} s and {sidecar_path(out).name}"
-    )
+    sidecar = EngineSidecar(
+        meta=plan.meta, tensorrt=plan.trt_version, gpu=plan.gpu["name"],
+        compute_capability=plan.gpu["compute_capability"], precision=plan.precision,
+        max_batch=int(max(s[2][0] for s in shapes.values())), dynamic_batch=plan.meta.batch is None,
+        profile={k: [list(s) for s in v] for k, v in shapes.items()},
+        build={"strongly_typed": plan.strongly_typed, "onnx": plan.onnx_path.name, "onnx_sha256": plan.onnx_sha256,
+               "workspace_gb": plan.workspace_gb, "build_seconds": round(seconds, 1),
+               "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+    )  # fmt: skip
+    side = write_sidecar(out, sidecar)
+    _log(progress, f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB) in {seconds:.0f} s and {side.name}")
     return out

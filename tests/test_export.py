@@ -20,7 +20,7 @@ from fastinst_rt.cli import main
 from fastinst_rt.export import DeployModel, check_graph, export_onnx
 from fastinst_rt.export.deploy import ExactAdaptiveAvgPool2d, select_pairs
 from fastinst_rt.export.onnx_export import default_imgsz, parse_imgsz
-from fastinst_rt.runtime.postprocess import boxes_from_masks
+from fastinst_rt.runtime.postprocess import select_pairs as select_pairs_np
 from fastinst_rt.runtime.preprocess import pad_batch, prepare, resize_image
 
 from .conftest import TEST_VARIANTS
@@ -133,19 +133,21 @@ def test_deploy_wrapper_raw_equals_fastinst(variant: str, tiny_checkpoints: dict
         assert float((ours - theirs).norm() / theirs.norm()) < 1e-4
 
 
-def test_select_pairs_is_the_official_topk_and_boxes_match_the_runtime() -> None:
+def test_select_pairs_is_the_official_topk_and_matches_the_runtime_selection() -> None:
     g = torch.Generator().manual_seed(0)
     logits, masks = torch.randn(2, 10, 6, generator=g) * 3, torch.randn(2, 10, 12, 16, generator=g)
-    masks[0, 3] = -1.0  # an empty mask gets a zero box
-    scores, labels, picked, boxes = select_pairs(logits, masks, 25)
+    scores, labels, query, picked = select_pairs(logits, masks, 25)
     probs = logits.softmax(-1)[:, :, :-1].flatten(1)
     ref_scores, ref_index = probs.topk(25, dim=1)
     torch.testing.assert_close(scores, ref_scores)
-    assert torch.equal(labels, ref_index % 5)
+    assert torch.equal(labels, ref_index % 5) and torch.equal(query, ref_index // 5)
     for b in range(2):
         assert torch.equal(picked[b], masks[b, ref_index[b] // 5])
-        ref_boxes = boxes_from_masks(picked[b].numpy() > 0) * 8  # low-res cells of 8 input pixels
-        np.testing.assert_array_equal(boxes[b].numpy(), ref_boxes)
+    # The runtime's numpy selection (torch backend, raw graphs) picks the same pairs (no ties in random logits).
+    ours = select_pairs_np(logits.numpy(), masks.numpy(), 25)
+    np.testing.assert_allclose(ours["scores"], scores.numpy(), rtol=1e-6)
+    assert np.array_equal(ours["labels"], labels.numpy()) and np.array_equal(ours["query"], query.numpy())
+    np.testing.assert_array_equal(ours["masks"], picked.numpy())
 
 
 def test_imgsz_defaults_and_parsing() -> None:
@@ -187,8 +189,7 @@ def test_dynamic_raw_graph_matches_torch_at_any_size_and_batch(
     assert check_graph(path) == []
     sess = _session(path)
     for photos, min_size, max_size in ((_photos()[:1], 288, 400), (_photos()[1:], 320, 480)):
-        batch, metas = prepare(photos, min_size, max_size)
-        sizes = np.array([m.resized_size for m in metas], np.int64)
+        batch, sizes, _ = prepare(photos, min_size, max_size)
         logits, masks = sess.run(None, {"images": batch, "sizes": sizes})
         assert masks.shape == (len(photos), 100, batch.shape[2] // 8, batch.shape[3] // 8)
         e_l, e_m = _matched_errors(logits, masks, *_torch_raw(tiny_checkpoints[variant], batch, sizes))
@@ -222,11 +223,11 @@ def test_fixed_size_graph_takes_other_aspect_ratios(exported, tiny_checkpoints: 
     seg = Segmenter(exported(R50), conf=0.0)
     reference = TorchBackend(tiny_checkpoints[R50], device="cpu")
     for photo in (_photos()[1], np.ascontiguousarray(_photos()[2][:, :200])):
-        batch, (meta,) = seg._prepare([photo])
+        batch, sizes, (meta,) = seg.prepare([photo])
         assert batch.shape[2:] == (320, 448) and meta.resized_size[0] <= 320 and meta.resized_size[1] <= 448
         res = seg.predict(photo, color="rgb")
         assert res.masks.shape[1:] == photo.shape[:2] and len(res) == 100
-        out = reference.infer(batch, np.array([meta.resized_size]))
+        out = reference.forward(batch, sizes)
         scores, labels, _ = instances_from_outputs(
             out["pred_logits"][0], out["pred_masks"][0], meta.resized_size, (320, 448), photo.shape[:2]
         )

@@ -17,7 +17,7 @@ from fastinst_rt import Segmenter
 from fastinst_rt.export import export_onnx
 from fastinst_rt.runtime.backends import open_backend
 from fastinst_rt.runtime.backends.ort import OnnxRuntimeBackend
-from fastinst_rt.runtime.postprocess import instances_from_outputs, instances_from_selected
+from fastinst_rt.runtime.postprocess import instances_from_outputs, instances_from_pairs
 
 from .conftest import TEST_VARIANTS
 
@@ -59,9 +59,7 @@ def test_fixed_batch_graph_takes_any_batch(e2e_b2: Path, photo: np.ndarray, phot
         np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5)
         assert np.array_equal(a.labels, b.labels) and np.array_equal(a.masks, b.masks)
     out = seg.backend.infer(np.zeros((3, 3, 320, 448), np.uint8), np.full((3, 2), [320, 448]))
-    assert (
-        out["scores"].shape == (3, 100) and out["masks"].shape == (3, 100, 40, 56) and out["boxes"].shape == (3, 100, 4)
-    )
+    assert out["scores"].shape == (3, 100) and out["masks"].shape == (3, 100, 40, 56) and out["query"].shape == (3, 100)
     assert out["labels"].dtype == np.int64
 
 
@@ -143,7 +141,7 @@ def test_plugin_graph_is_refused_with_a_pointer_to_tensorrt(tiny_checkpoints: di
 
 @pytest.mark.parametrize("conf", [0.0, 0.02])
 def test_selected_pairs_give_the_raw_results(conf: float) -> None:
-    """instances_from_selected on the graph's top pairs == instances_from_outputs on the raw outputs."""
+    """instances_from_pairs on the graph's top pairs == instances_from_outputs on the raw outputs."""
     rng = np.random.default_rng(3)
     q, k, h, w = 30, 7, 12, 16
     logits = (rng.normal(size=(q, k + 1)) * 3).astype(np.float32)
@@ -155,7 +153,7 @@ def test_selected_pairs_give_the_raw_results(conf: float) -> None:
     e = np.exp(logits - logits.max(1, keepdims=True))
     probs = (e / e.sum(1, keepdims=True))[:, :k].reshape(-1)
     top = np.argsort(-probs, kind="stable")[:40]
-    got = instances_from_selected(probs[top], top % k, low[top // k], resized, padded, orig, conf=conf)
+    got = instances_from_pairs(probs[top], top % k, top // k, low[top // k], resized, padded, orig, conf=conf)
     assert len(got[0]) == len(ref[0]) > 0 and (conf == 0.0 or len(ref[0]) < 40)
     np.testing.assert_allclose(got[0], ref[0], rtol=1e-6)
     assert np.array_equal(got[1], ref[1]) and np.array_equal(got[2], ref[2])

@@ -244,7 +244,8 @@ def test_pad_batch_layout():
 
 def test_prepare_real_photos():
     images = [data.astronaut(), data.coffee()]  # 512x512 and 400x600
-    batch, infos = prepare(images, 640, 853)
+    batch, sizes, infos = prepare(images, 640, 853)
+    assert sizes.tolist() == [[640, 640], [569, 853]]
     assert infos == [PreprocessInfo((512, 512), (640, 640)), PreprocessInfo((400, 600), (569, 853))]
     assert batch.shape == (2, 3, 640, 864)
     np.testing.assert_array_equal(batch[1, :, :569, :853], resize_image(images[1], (569, 853)).transpose(2, 0, 1))

@@ -29,7 +29,7 @@ def test_predict_returns_official_instances(seg: Segmenter, photo: np.ndarray) -
     assert res.labels.dtype == np.int64 and res.boxes.shape == (100, 4)
     assert set(res.speed) == {"preprocess", "inference", "postprocess"}
     # Same numbers as the raw model + the official post-processing order, computed independently here.
-    batch, (meta,) = prepare([photo], 320, 427)
+    batch, _, (meta,) = prepare([photo], 320, 427)
     model = seg.backend.model
     with torch.no_grad():
         out = model(model.normalize(torch.from_numpy(batch), torch.tensor([meta.resized_size])))

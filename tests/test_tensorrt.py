@@ -13,16 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastinst_rt.export.trt_build import default_engine_path, default_profile, parse_shape
-from fastinst_rt.runtime.backends.trt import (
+from fastinst_rt.artifact import (
     ENGINE_FORMAT,
     EngineMismatchError,
-    check_build_target,
     check_engine_compat,
     parse_version,
     read_sidecar,
     sidecar_path,
 )
+from fastinst_rt.export.trt_build import check_build_target, default_engine_path, default_profile, parse_shape
 
 from .conftest import TEST_VARIANTS
 
@@ -65,7 +64,8 @@ def test_possible_build_targets_pass(version, cc, dcn, plugin) -> None:
 def _engine(tmp_path: Path, **sidecar) -> Path:
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"not really an engine")
-    base = {"format": ENGINE_FORMAT, "meta": {"class_names": ["a"], "test_size": [320, 427]},
+    meta = {"format": "fastinst-rt", "class_names": ["a"], "test_size": [320, 427], "outputs": "e2e"}
+    base = {"format": ENGINE_FORMAT, "meta": meta,
             "tensorrt": "10.4.0.26", "gpu": "Tesla T4", "compute_capability": "7.5"}  # fmt: skip
     sidecar_path(engine).write_text(json.dumps({**base, **sidecar}))
     return engine
@@ -97,10 +97,10 @@ def test_sidecar_problems_are_explained(tmp_path: Path) -> None:
 
 
 def test_profiles_shapes_and_cache_names() -> None:
-    prof = default_profile({"test_size": [576, 777]}, max_batch=4)
+    prof = default_profile((576, 777), max_batch=4)
     assert prof["images"] == ((1, 3, 288, 288), (1, 3, 576, 800), (4, 3, 800, 800))
     assert prof["sizes"] == ((1, 2), (1, 2), (4, 2))
-    assert default_profile({"test_size": [320, 427]})["images"][0] == (1, 3, 160, 160)
+    assert default_profile((320, 427))["images"][0] == (1, 3, 160, 160)
     assert parse_shape("1x3x576x800") == (1, 3, 576, 800)
     with pytest.raises(ValueError, match="bad shape"):
         parse_shape("1,3,576")

@@ -122,7 +122,7 @@ def benchmark(
     runs = []
     for i, seg in enumerate(segmenters):
         describe = seg.backend.describe()
-        padded = seg._prepare([rgb])[0].shape[-2:]
+        padded = seg.prepare([rgb])[0].shape[-2:]
         cuda_peak = _cuda_peak_mb(seg, reset=False)
         run = BenchRun(
             model=labels[i],

@@ -14,7 +14,13 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["boxes_from_masks", "instances_from_outputs", "instances_from_selected", "upsample_mask_logits"]
+__all__ = [
+    "boxes_from_masks",
+    "instances_from_outputs",
+    "instances_from_pairs",
+    "select_pairs",
+    "upsample_mask_logits",
+]
 
 # Masks are resized one map at a time, not as an (H, W, n) stack, measured with OpenCV 5.0 (IPP build):
 # - a 1-channel float resize takes OpenCV's IPP/HAL path, ~6x faster than one multi-channel call for 100 COCO-sized
@@ -23,6 +29,92 @@ __all__ = ["boxes_from_masks", "instances_from_outputs", "instances_from_selecte
 #   value range off), so a query's mask would depend on how many other queries were kept; OpenCV 5 also refuses
 #   stacks of more than 128 channels.
 # Per-map calls give every query the same arithmetic whatever else is kept, and (n, H, W) masks without a transpose.
+
+
+def select_pairs(pred_logits: np.ndarray, pred_masks: np.ndarray, max_det: int = 100) -> dict[str, np.ndarray]:
+    """The official top-``max_det`` query x class pairs of raw head outputs, in the backends' output contract.
+
+    Args:
+        pred_logits: (B, Q, K+1) class logits; the last column is no-object. Any float dtype, computed in float32.
+        pred_masks: (B, Q, h, w) mask logits.
+        max_det: pairs kept per image (the official top-k, 100); at most Q*K are.
+
+    Returns:
+        {"scores", "labels", "query", "masks"} as ``runtime.backends.base.Backend`` describes them, N = min(max_det,
+        Q*K). The same pairs as the end-to-end graph's TopK, except for the order of pairs whose probabilities tie.
+    """
+    logits = np.asarray(pred_logits, dtype=np.float32)
+    low = np.asarray(pred_masks, dtype=np.float32)
+    if logits.ndim != 3 or logits.shape[2] < 2:
+        raise ValueError(f"pred_logits must be (B, Q, K+1) with K >= 1, got shape {logits.shape}")
+    if low.ndim != 4 or low.shape[:2] != logits.shape[:2]:
+        raise ValueError(f"pred_masks must be (B, Q, h, w) with B, Q = {logits.shape[:2]}, got shape {low.shape}")
+    if max_det < 0:
+        raise ValueError(f"max_det must be >= 0, got {max_det}")
+    num_classes = logits.shape[2] - 1
+    # Softmax over K+1 with max subtraction, then drop no-object without renormalizing (as the official code).
+    e = np.exp(logits - logits.max(axis=2, keepdims=True))
+    probs = (e / e.sum(axis=2, keepdims=True))[:, :, :num_classes].reshape(logits.shape[0], -1)
+    # A full stable sort of Q*K (8000) values is cheap and makes the top-k and its ties deterministic.
+    order = np.argsort(-probs, axis=1, kind="stable")[:, : min(max_det, probs.shape[1])]
+    query = order // num_classes
+    return {
+        "scores": np.take_along_axis(probs, order, axis=1),
+        "labels": (order % num_classes).astype(np.int64),
+        "query": query.astype(np.int64),
+        "masks": np.take_along_axis(low, query[:, :, None, None], axis=1),
+    }
+
+
+def instances_from_pairs(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    query: np.ndarray,
+    masks: np.ndarray,
+    resized_size: tuple[int, int],
+    padded_size: tuple[int, int],
+    orig_size: tuple[int, int],
+    *,
+    conf: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Turn one image's selected pairs into scored instances, as the official ``instance_inference`` does.
+
+    Args:
+        scores, labels, query, masks: one image's row of the backends' output contract
+            (``runtime.backends.base.Backend``): (N,) class probabilities in ranking order, (N,) classes,
+            (N,) query indices, (N, h, w) mask logits of each pair's query.
+        resized_size: (h_r, w_r), the image size after the test resize, before padding.
+        padded_size: (Hp, Wp), the padded network input size; the masks are first upsampled to it.
+        orig_size: (H, W), the original image size the masks are returned at.
+        conf: drop instances whose final score is below this (0.0 keeps all, as the official evaluation does).
+
+    Returns:
+        ``(scores, labels, masks)``: scores (N',) float32 sorted descending (ties keep the pair order), labels (N',)
+        int64 in 0..K-1, masks (N', H, W) bool. N' = N when ``conf`` is 0.0, fewer otherwise.
+
+    The score of a pair is its class probability * mask score, where the mask score is the mean sigmoid of the
+    mask logits over the pixels whose logit is > 0 (0 for an empty mask), measured at the original size. Each
+    query's mask is upsampled once, however many classes it was kept with.
+    """
+    probs = np.asarray(scores, dtype=np.float32).reshape(-1)
+    labels = np.asarray(labels).reshape(-1).astype(np.int64)
+    query = np.asarray(query).reshape(-1).astype(np.int64)
+    low = np.asarray(masks, dtype=np.float32)
+    if labels.shape != probs.shape or query.shape != probs.shape or low.ndim != 3 or low.shape[0] != probs.size:
+        raise ValueError(
+            f"need scores, labels, query (N,) and masks (N, h, w); got {probs.shape} {labels.shape} {query.shape} "
+            f"{low.shape}"
+        )
+    (hr, wr), (hp, wp), (H, W) = resized_size, padded_size, orig_size
+    if not (0 < hr <= hp and 0 < wr <= wp and H > 0 and W > 0):
+        raise ValueError(f"bad sizes: resized {resized_size}, padded {padded_size}, orig {orig_size}")
+    keep = np.flatnonzero(probs >= conf)  # mask score <= 1: below conf on class probability alone, never kept
+    if keep.size == 0:
+        return np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros((0, H, W), bool)
+    probs, labels, query, low = probs[keep], labels[keep], query[keep], low[keep]
+    _, first, inverse = np.unique(query, return_index=True, return_inverse=True)
+    masks_u, mask_scores = _masks_and_scores(low[first], resized_size, padded_size, orig_size)
+    return _rank(probs, labels, masks_u, mask_scores, inverse.reshape(-1), conf)
 
 
 def instances_from_outputs(
@@ -35,95 +127,25 @@ def instances_from_outputs(
     conf: float = 0.0,
     max_det: int = 100,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Turn one image's raw head outputs into scored instances, as the official ``instance_inference`` does.
+    """One image's raw head outputs -> instances: ``select_pairs`` then ``instances_from_pairs``.
 
     Args:
-        pred_logits: (Q, K+1) class logits; the last column is no-object. Any float dtype, computed in float32.
-        pred_masks: (Q, h, w) mask logits, at 1/8 of the padded input in FastInst (h = Hp/8, w = Wp/8).
-        resized_size: (h_r, w_r), the image size after the test resize, before padding.
-        padded_size: (Hp, Wp), the padded network input size; the masks are first upsampled to it.
-        orig_size: (H, W), the original image size the masks are returned at.
-        conf: drop instances whose final score is below this (0.0 keeps all, as the official evaluation does).
+        pred_logits: (Q, K+1) class logits. pred_masks: (Q, h, w) mask logits, at 1/8 of the padded input.
+        resized_size, padded_size, orig_size, conf: as in ``instances_from_pairs``.
         max_det: number of query x class pairs taken by class probability (the official top-k, 100).
 
     Returns:
-        ``(scores, labels, masks)``: scores (N,) float32 sorted descending (ties keep pair order: class probability
-        descending, then query x class index), labels (N,) int64 in 0..K-1, masks (N, H, W) bool.
-        N = min(max_det, Q*K) when ``conf`` is 0.0, fewer otherwise.
-
-    The score of a pair is softmax(logits)[class] * mask score, where the mask score is the mean sigmoid of the
-    mask logits over the pixels whose logit is > 0 (0 for an empty mask), measured at the original size.
+        ``(scores, labels, masks)`` as ``instances_from_pairs``; N = min(max_det, Q*K) when ``conf`` is 0.0.
     """
-    logits = np.asarray(pred_logits, dtype=np.float32)
-    low = np.asarray(pred_masks, dtype=np.float32)
+    logits, low = np.asarray(pred_logits), np.asarray(pred_masks)
     if logits.ndim != 2 or logits.shape[1] < 2:
         raise ValueError(f"pred_logits must be (Q, K+1) with K >= 1, got shape {logits.shape}")
     if low.ndim != 3 or low.shape[0] != logits.shape[0]:
         raise ValueError(f"pred_masks must be (Q, h, w) with Q={logits.shape[0]}, got shape {low.shape}")
-    (hr, wr), (hp, wp), (H, W) = resized_size, padded_size, orig_size
-    if not (0 < hr <= hp and 0 < wr <= wp and H > 0 and W > 0):
-        raise ValueError(f"bad sizes: resized {resized_size}, padded {padded_size}, orig {orig_size}")
-    if max_det < 0:
-        raise ValueError(f"max_det must be >= 0, got {max_det}")
-
-    num_classes = logits.shape[1] - 1
-    # Softmax over K+1 with max subtraction, then drop no-object without renormalizing (as the official code).
-    e = np.exp(logits - logits.max(axis=1, keepdims=True))
-    probs = (e / e.sum(axis=1, keepdims=True))[:, :num_classes].reshape(-1)
-    # A full stable sort of Q*K (8000) values is cheap and makes the top-k and its ties deterministic.
-    order = np.argsort(-probs, kind="stable")[: min(max_det, probs.size)]
-    # mask score <= 1, so a pair below conf on class probability alone can never reach conf: drop it unseen.
-    order = order[probs[order] >= conf]
-    queries, labels = order // num_classes, order % num_classes
-    if order.size == 0:
-        return np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros((0, H, W), bool)
-
-    unique_q, inverse = np.unique(queries, return_inverse=True)
-    masks_u, mask_scores = _masks_and_scores(low[unique_q], resized_size, padded_size, orig_size)
-    return _rank(probs[order], labels, masks_u, mask_scores, inverse, conf)
-
-
-def instances_from_selected(
-    class_scores: np.ndarray,
-    labels: np.ndarray,
-    mask_logits: np.ndarray,
-    resized_size: tuple[int, int],
-    padded_size: tuple[int, int],
-    orig_size: tuple[int, int],
-    *,
-    conf: float = 0.0,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Scored instances from query x class pairs already selected by an end-to-end graph.
-
-    Args:
-        class_scores: (N,) class probabilities of the pairs, in the graph's order (descending, ties by pair index).
-        labels: (N,) class indices.
-        mask_logits: (N, h, w) low-resolution mask logits of each pair's query (repeated for a query kept with
-            several classes).
-        resized_size, padded_size, orig_size, conf: as in ``instances_from_outputs``.
-
-    Returns:
-        ``(scores, labels, masks)`` as ``instances_from_outputs`` gives them for the raw outputs the pairs were
-        selected from (same mask scoring, upsampling and ranking; each distinct mask map upsampled once).
-    """
-    probs = np.asarray(class_scores, dtype=np.float32).reshape(-1)
-    labels = np.asarray(labels).reshape(-1).astype(np.int64)
-    low = np.asarray(mask_logits, dtype=np.float32)
-    if labels.shape != probs.shape or low.ndim != 3 or low.shape[0] != probs.size:
-        raise ValueError(f"need scores (N,), labels (N,), masks (N,h,w); got {probs.shape} {labels.shape} {low.shape}")
-    (hr, wr), (hp, wp), (H, W) = resized_size, padded_size, orig_size
-    if not (0 < hr <= hp and 0 < wr <= wp and H > 0 and W > 0):
-        raise ValueError(f"bad sizes: resized {resized_size}, padded {padded_size}, orig {orig_size}")
-    keep = np.flatnonzero(probs >= conf)  # mask score <= 1: below conf on class probability alone, never kept
-    if keep.size == 0:
-        return np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros((0, H, W), bool)
-    probs, labels, low = probs[keep], labels[keep], low[keep]
-    # Pairs of one query carry identical maps (the graph has no query index output): upsample each map once.
-    first: dict[bytes, int] = {}
-    inverse = np.array([first.setdefault(m.tobytes(), len(first)) for m in low], dtype=np.int64)
-    unique = np.unique(inverse, return_index=True)[1]
-    masks_u, mask_scores = _masks_and_scores(low[unique], resized_size, padded_size, orig_size)
-    return _rank(probs, labels, masks_u, mask_scores, inverse, conf)
+    pairs = select_pairs(logits[None], low[None], max_det)
+    return instances_from_pairs(
+        *(pairs[k][0] for k in ("scores", "labels", "query", "masks")), resized_size, padded_size, orig_size, conf=conf
+    )
 
 
 def _masks_and_scores(

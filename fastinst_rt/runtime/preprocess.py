@@ -1,9 +1,9 @@
 """Image loading, resizing and batching, exactly as the official FastInst test pipeline does it.
 
 Reproduces Detectron2's ``read_image`` (PIL, EXIF orientation, RGB) and ``ResizeShortestEdge`` (PIL bilinear on
-uint8, sizes rounded as ``int(x + 0.5)``), see ``fastinst-spec.md`` §3.1. Normalization is not done here: the model
-(or the exported graph) takes uint8 and normalizes on the device. Numpy/PIL only, so the ONNX Runtime and TensorRT
-backends can use it without torch.
+uint8, sizes rounded as ``int(x + 0.5)``), and pads bottom/right to multiples of 32 as ``ImageList.from_tensors``.
+Normalization is not done here: the model (or the exported graph) takes uint8 and normalizes on the device.
+Numpy/PIL only, so the ONNX Runtime and TensorRT backends can use it without torch.
 """
 
 from __future__ import annotations
@@ -222,23 +222,51 @@ class PreprocessInfo:
 
 
 def prepare(
-    images: Sequence[np.ndarray], min_size: int, max_size: int, size_divisibility: int = 32
-) -> tuple[np.ndarray, list[PreprocessInfo]]:
-    """Resize (shortest edge ``min_size``, long edge capped at ``max_size``) and pad a list of RGB images.
+    images: Sequence[np.ndarray],
+    min_size: int,
+    max_size: int,
+    size_divisibility: int = 32,
+    fixed_size: tuple[int, int] | None = None,
+) -> tuple[np.ndarray, np.ndarray, list[PreprocessInfo]]:
+    """Resize (shortest edge ``min_size``, long edge capped at ``max_size``) and pad RGB images into a batch.
 
     Args:
         images: (H_i, W_i, 3) uint8 RGB images, e.g. from ``load_image``.
         min_size, max_size: the test-time resize, e.g. 640/853 or 576/777.
         size_divisibility: see ``pad_batch``.
+        fixed_size: (H, W) of an artifact that takes one padded input size (a static graph), else None.
+            The official resize is kept whenever it fits in (H, W); otherwise (e.g. a portrait image in a landscape
+            graph) it is shrunk, aspect ratio kept, until it fits. The input is the official one when the official
+            padded size equals (H, W) (e.g. 4:3 landscape photos at the default export size); other images see
+            more zero padding than the official batch-1 input.
 
     Returns:
-        ``(batch, infos)``: the (B, 3, Hp, Wp) uint8 batch of ``pad_batch`` and one ``PreprocessInfo`` per image.
+        ``(batch, sizes, infos)``: the (B, 3, Hp, Wp) uint8 batch (Hp, Wp = ``fixed_size`` when given, else as
+        ``pad_batch`` pads), the (B, 2) int64 resized (h, w) of each image (the backends' ``sizes`` input), and one
+        ``PreprocessInfo`` per image.
     """
+    if len(images) == 0:
+        raise ValueError("prepare needs at least one image")
     resized, infos = [], []
     for im in images:
         h, w = im.shape[:2]
         size = resized_size(h, w, min_size, max_size)
+        if fixed_size is not None:
+            size = _fit(size, fixed_size)
         resized.append(resize_image(im, size))
         infos.append(PreprocessInfo(orig_size=(h, w), resized_size=size))
-    batch, _ = pad_batch(resized, size_divisibility)
-    return batch, infos
+    batch, sizes = pad_batch(resized, size_divisibility)
+    if fixed_size is not None:
+        full = np.zeros((batch.shape[0], 3, *fixed_size), np.uint8)
+        full[:, :, : batch.shape[2], : batch.shape[3]] = batch
+        batch = full
+    return batch, sizes, infos
+
+
+def _fit(size: tuple[int, int], bound: tuple[int, int]) -> tuple[int, int]:
+    """``size`` (h, w) unchanged if it fits in ``bound`` (H, W), else scaled down to fit, aspect ratio kept."""
+    (h, w), (bh, bw) = size, bound
+    if h <= bh and w <= bw:
+        return h, w
+    scale = min(bh / h, bw / w)
+    return max(1, min(bh, int(h * scale + 0.5))), max(1, min(bw, int(w * scale + 0.5)))

@@ -13,8 +13,8 @@ from collections.abc import Iterable, Iterator, Sequence
 import numpy as np
 
 from .backends import Backend, open_backend
-from .postprocess import instances_from_outputs, instances_from_selected
-from .preprocess import ImageSource, PreprocessInfo, load_image, pad_batch, prepare, resize_image, resized_size
+from .postprocess import instances_from_pairs
+from .preprocess import ImageSource, PreprocessInfo, load_image, prepare
 from .results import Results
 
 __all__ = ["Segmenter"]
@@ -91,25 +91,16 @@ class Segmenter:
         if len(images) == 0:
             return []
         t0 = time.perf_counter()
-        rgb = [load_image(im, color) for im in images]
-        batch, metas = self._prepare(rgb)
+        batch, sizes, metas = self.prepare([load_image(im, color) for im in images])
         t1 = time.perf_counter()
-        out = self.backend.infer(batch, np.array([m.resized_size for m in metas], dtype=np.int64))
+        out = self.backend.infer(batch, sizes, max_det=self.max_det)  # the selected pairs, whatever the backend
         t2 = time.perf_counter()
         results = []
-        padded = batch.shape[-2:]
         for i, meta in enumerate(metas):
-            if "scores" in out:  # an end-to-end graph: the top pairs by class probability are already selected
-                n = min(self.max_det, out["scores"].shape[1])
-                scores, labels, masks = instances_from_selected(
-                    out["scores"][i, :n], out["labels"][i, :n], out["masks"][i, :n], meta.resized_size, padded,
-                    meta.orig_size, conf=self.conf,
-                )  # fmt: skip
-            else:
-                scores, labels, masks = instances_from_outputs(
-                    out["pred_logits"][i], out["pred_masks"][i], meta.resized_size, padded, meta.orig_size,
-                    conf=self.conf, max_det=self.max_det,
-                )  # fmt: skip
+            scores, labels, masks = instances_from_pairs(
+                out["scores"][i], out["labels"][i], out["query"][i], out["masks"][i], meta.resized_size,
+                batch.shape[-2:], meta.orig_size, conf=self.conf,
+            )  # fmt: skip
             results.append(Results(masks, scores, labels, self.class_names))
         t3 = time.perf_counter()
         n = len(images)
@@ -127,25 +118,10 @@ class Segmenter:
         for frame in frames:
             yield self.predict(frame, color)
 
-    def _prepare(self, rgb: list[np.ndarray]) -> tuple[np.ndarray, list[PreprocessInfo]]:
+    def prepare(self, rgb: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, list[PreprocessInfo]]:
+        """``preprocess.prepare`` with this model's test size, padding and fixed input size (if any)."""
         info = self.backend.info
-        if info.fixed_size is None:
-            return prepare(rgb, self.min_size, self.max_size, info.size_divisibility)
-        # A static-shape artifact takes one padded size (H, W). The official resize is kept whenever it fits;
-        # otherwise (e.g. a portrait image in a landscape graph) it is shrunk, aspect ratio kept, until it fits.
-        # The result is the official one when the official padded size equals (H, W) (e.g. 4:3 landscape photos
-        # at the default export size); other images see more zero padding than the official batch-1 input.
-        fh, fw = info.fixed_size
-        resized, metas = [], []
-        for im in rgb:
-            h, w = im.shape[:2]
-            size = _fit(resized_size(h, w, self.min_size, self.max_size), (fh, fw))
-            resized.append(resize_image(im, size))
-            metas.append(PreprocessInfo(orig_size=(h, w), resized_size=size))
-        batch, _ = pad_batch(resized, info.size_divisibility)
-        full = np.zeros((batch.shape[0], 3, fh, fw), np.uint8)
-        full[:, :, : batch.shape[2], : batch.shape[3]] = batch
-        return full, metas
+        return prepare(rgb, self.min_size, self.max_size, info.size_divisibility, info.fixed_size)
 
     def close(self) -> None:
         self.backend.close()
@@ -159,12 +135,3 @@ class Segmenter:
     def __repr__(self) -> str:
         return (f"Segmenter({self.backend.info.name!r}, backend={self.backend.kind!r}, conf={self.conf}, "
                 f"max_det={self.max_det}, size={self.min_size}/{self.max_size})")  # fmt: skip
-
-
-def _fit(size: tuple[int, int], bound: tuple[int, int]) -> tuple[int, int]:
-    """``size`` (h, w) unchanged if it fits in ``bound`` (H, W), else scaled down to fit, aspect ratio kept."""
-    (h, w), (bh, bw) = size, bound
-    if h <= bh and w <= bw:
-        return h, w
-    scale = min(bh / h, bw / w)
-    return max(1, min(bh, int(h * scale + 0.5))), max(1, min(bw, int(w * scale + 0.5)))

@@ -1,19 +1,23 @@
-"""The interface every inference backend implements.
+"""The interface every inference backend implements, and the output contract they all keep.
 
-Modelled on Polygraphy's ``BaseRunner``: the public ``infer`` checks its input and times the call, the
-subclasses implement ``_infer``. Every backend returns the same raw outputs, so one post-processing serves all.
+Modelled on Polygraphy's ``BaseRunner``: the public methods check the input and split it into the batches the
+artifact takes; the subclasses implement ``_run``. The contract is written once, in ``Backend``'s docstring.
 """
 
 from __future__ import annotations
 
-import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Backend", "BackendInfo"]
+from ...artifact import ArtifactMeta
+from ..postprocess import select_pairs
+
+__all__ = ["Backend", "BackendInfo", "PAIR_KEYS", "RAW_KEYS"]
+
+PAIR_KEYS = ("scores", "labels", "query", "masks")  # the output contract of ``Backend.infer``
+RAW_KEYS = ("pred_logits", "pred_masks")  # the raw head outputs
 
 
 @dataclass(frozen=True)
@@ -27,63 +31,97 @@ class BackendInfo:
     fixed_size: tuple[int, int] | None = None  # (H, W) when the artifact only accepts one padded input size
     max_batch: int | None = None  # largest batch the artifact takes (None: any)
     fixed_batch: bool = True  # whether it takes exactly max_batch images (a static graph) or up to max_batch
+    outputs: str = "raw"  # what ``_run`` returns: "raw" head outputs or "e2e" pairs selected in the graph
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
     @classmethod
-    def from_export_metadata(cls, meta: dict, name: str, max_batch: int | None, fixed_batch: bool) -> BackendInfo:
-        """The info an export carries in its metadata (or an engine's sidecar); ``name`` if it names no model."""
-        fixed = meta.get("fixed_size")
-        return cls(
-            name=str(meta.get("model", name)),
-            class_names=tuple(meta["class_names"]),
-            test_size=tuple(int(v) for v in meta["test_size"]),
-            size_divisibility=int(meta.get("size_divisibility", 32)),
-            fixed_size=tuple(int(v) for v in fixed) if fixed else None,
-            max_batch=max_batch,
-            fixed_batch=fixed_batch,
-        )
+    def from_meta(cls, meta: ArtifactMeta, max_batch: int | None, fixed_batch: bool) -> BackendInfo:
+        """The info of an export (or an engine built from one)."""
+        return cls(meta.model, meta.class_names, meta.test_size, meta.size_divisibility, meta.fixed_size,
+                   max_batch, fixed_batch, meta.outputs)  # fmt: skip
 
 
 class Backend(ABC):
-    """Runs FastInst on a preprocessed batch.
+    """Runs FastInst on a pre-processed batch. Every backend keeps one output contract.
 
-    ``infer`` takes the padded uint8 RGB batch (B, 3, H, W) and each image's valid (h, w) size (B, 2), and returns
-    {"pred_logits": (B, Q, K+1) float32, "pred_masks": (B, Q, H/8, W/8) float32 mask logits} as numpy arrays.
+    Input (``infer`` and ``forward``), from ``runtime.preprocess.prepare``:
+        batch: (B, 3, H, W) uint8 RGB, each image resized and placed at the top left, zero padding bottom/right;
+            H and W multiples of ``info.size_divisibility``, and equal to ``info.fixed_size`` when it is set.
+        sizes: (B, 2) integer, each image's valid (h, w) inside the padding.
+
+    ``infer(batch, sizes, max_det)`` returns the top-N query x class pairs of each image, ranked by class
+    probability as the official ``instance_inference`` ranks them, as a dict of numpy arrays:
+        "scores": (B, N) float32, the class probability of the pair: softmax over the K+1 logits, no-object
+            column dropped without renormalizing; descending, ties in pair order (pair = query * K + class).
+        "labels": (B, N) int64, the class in 0..K-1.
+        "query":  (B, N) int64, the query in 0..Q-1 (a query kept with several classes appears several times).
+        "masks":  (B, N, H/8, W/8) float32, the mask logits of the pair's query, at 1/8 of the padded input.
+    N = min(max_det, Q*K); an end-to-end graph has already selected its own ``max_det`` pairs, so there
+    N = min(max_det, the graph's max_det). ``runtime.postprocess.instances_from_pairs`` turns one image's pairs
+    into scored instances at the original size.
+
+    ``forward(batch, sizes)`` returns what the artifact itself computes: these pairs for an end-to-end graph
+    (``info.outputs == "e2e"``), else the raw head outputs (``info.outputs == "raw"``) as float32 numpy arrays
+    {"pred_logits": (B, Q, K+1) class logits, last column no-object; "pred_masks": (B, Q, H/8, W/8) mask logits}.
+
+    Subclasses implement ``_run(batch, sizes)``: ``forward``'s outputs for at most ``info.max_batch`` images
+    (exactly that many when ``info.fixed_batch``), with sizes as int64.
     """
 
     kind: str = ""  # "torch", "onnxruntime", "tensorrt"
 
     def __init__(self, info: BackendInfo) -> None:
         self.info = info
-        self.last_inference_ms = 0.0
+        self.closed = False
 
-    def infer(self, batch: np.ndarray, sizes: np.ndarray) -> dict[str, np.ndarray]:
+    def infer(self, batch: np.ndarray, sizes: np.ndarray, max_det: int = 100) -> dict[str, np.ndarray]:
+        """The selected pairs of the output contract (see the class docstring)."""
+        if max_det < 1:
+            raise ValueError(f"max_det must be positive, got {max_det}")
+        out = self.forward(batch, sizes)
+        if self.info.outputs == "raw":
+            return select_pairs(out["pred_logits"], out["pred_masks"], max_det)
+        n = min(max_det, out["scores"].shape[1])
+        return {
+            "scores": out["scores"][:, :n].astype(np.float32, copy=False),
+            "labels": out["labels"][:, :n].astype(np.int64, copy=False),
+            "query": out["query"][:, :n].astype(np.int64, copy=False),
+            "masks": out["masks"][:, :n].astype(np.float32, copy=False),
+        }
+
+    def forward(self, batch: np.ndarray, sizes: np.ndarray) -> dict[str, np.ndarray]:
+        """The artifact's own outputs (raw head outputs or in-graph pairs), batched as the artifact needs."""
+        self._check_input(batch, sizes)
+        return self._split_batches(batch, np.asarray(sizes).astype(np.int64))
+
+    @abstractmethod
+    def _run(self, batch: np.ndarray, sizes: np.ndarray) -> dict[str, np.ndarray]: ...
+
+    def _check_input(self, batch: np.ndarray, sizes: np.ndarray) -> None:
+        if self.closed:
+            raise RuntimeError(f"this {self.kind} backend is closed")
         if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[1] != 3:
             raise ValueError(f"expected a uint8 (B, 3, H, W) batch, got {batch.dtype} {batch.shape}")
         div = self.info.size_divisibility
         if batch.shape[2] % div or batch.shape[3] % div:
             raise ValueError(f"batch size {batch.shape[2:]} is not padded to a multiple of {div}")
-        if sizes.shape != (batch.shape[0], 2):
-            raise ValueError(f"sizes must be (B, 2) for B = {batch.shape[0]}, got {sizes.shape}")
-        start = time.perf_counter()
-        out = self._infer(batch, sizes.astype(np.int64))
-        self.last_inference_ms = (time.perf_counter() - start) * 1e3
-        return out
+        fixed = self.info.fixed_size
+        if fixed is not None and tuple(batch.shape[2:]) != tuple(fixed):
+            raise ValueError(
+                f"this model takes a fixed {fixed[0]}x{fixed[1]} input, got {batch.shape[2]}x{batch.shape[3]}"
+            )
+        if np.shape(sizes) != (batch.shape[0], 2):
+            raise ValueError(f"sizes must be (B, 2) for B = {batch.shape[0]}, got {np.shape(sizes)}")
 
-    @abstractmethod
-    def _infer(self, batch: np.ndarray, sizes: np.ndarray) -> dict[str, np.ndarray]: ...
-
-    def _split_batches(
-        self, batch: np.ndarray, sizes: np.ndarray, run: Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]]
-    ) -> dict[str, np.ndarray]:
-        """Call ``run`` on chunks of at most ``info.max_batch`` images; a fixed-batch artifact gets short chunks
+    def _split_batches(self, batch: np.ndarray, sizes: np.ndarray) -> dict[str, np.ndarray]:
+        """``_run`` on chunks of at most ``info.max_batch`` images; a fixed-batch artifact gets short chunks
         padded with copies of the last image, whose outputs are dropped."""
         max_batch, b = self.info.max_batch, batch.shape[0]
         if max_batch is None or b == max_batch:
-            return run(batch, sizes)
+            return self._run(batch, sizes)
         parts = []
         for start in range(0, b, max_batch):
             chunk, chunk_sizes = batch[start : start + max_batch], sizes[start : start + max_batch]
@@ -92,11 +130,17 @@ class Backend(ABC):
                 fill = max_batch - n
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fill, axis=0)])
                 chunk_sizes = np.concatenate([chunk_sizes, np.repeat(chunk_sizes[-1:], fill, axis=0)])
-            parts.append({k: v[:n] for k, v in run(chunk, chunk_sizes).items()})
+            parts.append({k: v[:n] for k, v in self._run(chunk, chunk_sizes).items()})
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
-    def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing to release
-        """Release the model and any device memory."""
+    def close(self) -> None:
+        """Release the model and any device memory; later calls raise RuntimeError."""
+        if not self.closed:
+            self._release()
+        self.closed = True
+
+    def _release(self) -> None:  # noqa: B027 - optional hook, most backends hold little to release
+        """What ``close`` frees, once."""
 
     def __enter__(self) -> Backend:
         return self

@@ -48,7 +48,6 @@ class TorchBackend(Backend):
             raise ValueError("CUDA graphs need a CUDA device")
         self.cuda_graph = cuda_graph
         self._graphs: dict[tuple, tuple] = {}
-        self.last_gpu_ms: float | None = None  # device time of the last forward, from CUDA events
         if isinstance(model, FastInst):
             if info is None:
                 raise ValueError("pass the ModelInfo together with a FastInst module")
@@ -87,21 +86,13 @@ class TorchBackend(Backend):
         return out
 
     @torch.inference_mode()
-    def _infer(self, batch: np.ndarray, sizes: np.ndarray) -> dict[str, np.ndarray]:
-        cuda = self.device.type == "cuda"
+    def _run(self, batch: np.ndarray, sizes: np.ndarray) -> dict[str, np.ndarray]:
         images = torch.from_numpy(batch).to(self.device, non_blocking=True)
         sizes_t = torch.from_numpy(sizes).to(self.device, non_blocking=True)
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
         out = self._replay(images, sizes_t) if self.cuda_graph else self._forward(images, sizes_t)
-        if cuda:
-            end.record()
-        result = {k: out[k].float().cpu().numpy() for k in ("pred_logits", "pred_masks")}  # synchronizes
-        self.last_gpu_ms = start.elapsed_time(end) if cuda else None
-        return result
+        return {k: out[k].float().cpu().numpy() for k in ("pred_logits", "pred_masks")}  # synchronizes
 
-    def close(self) -> None:
+    def _release(self) -> None:
         self.model = None
         self._graphs.clear()
         if self.device.type == "cuda":
