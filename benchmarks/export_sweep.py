@@ -36,13 +36,13 @@ def sweep(names: list[str], output: Path) -> list[dict]:
         spec = MODELS[name]
         torch.manual_seed(0)
         model = build_model(spec.config).eval()
-        model.info = ModelInfo(spec.name, spec.config, spec.class_names, spec.test_size)
+        info = ModelInfo(spec.name, spec.config, spec.class_names, spec.test_size)
         for mode, options in MODES.items():
             path = output / f"{name}-{mode}.onnx"
             log = io.StringIO()
             start = time.perf_counter()
             with contextlib.redirect_stderr(log):
-                export_onnx(model, path, **options)
+                export_onnx(model, path, info=info, **options)
             seconds = time.perf_counter() - start
             proto = onnx.load(str(path))
             verified = re.search(r"verified against torch: (.*)", log.getvalue())

@@ -1,4 +1,4 @@
-"""The export toolchain: the deploy wrapper, ONNX export and graph checks (installed as ``fastinst_rt.export``).
+"""The export toolchain: the deploy wrapper, ONNX export and graph checks; the TensorRT builder is ``trt_build``.
 
 Needs torch, onnx and onnxscript (the ``onnx`` extra); onnxslim is optional.
 """

@@ -1,6 +1,6 @@
 """Export FastInst to ONNX: the deploy wrapper traced, checked, optionally simplified, verified, with metadata.
 
-Exporter choice (``notes/tensorrt-onnx.md`` §8, Recommendation 9): opset >= 18 goes through the dynamo exporter
+Exporter choice: opset >= 18 goes through the dynamo exporter
 (``dynamo=True``, ``dynamic_shapes``), which is needed for ONNX ``DeformConv`` (opset 19); opset <= 17 (the
 TensorRT 8.x artifact) goes through the TorchScript exporter (``dynamo=False``), because the dynamo exporter's
 down-conversion to 17 fails on this model (no Pad/Reduce adapters) and would leave opset 18. The TorchScript path is
@@ -24,7 +24,6 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import onnx
 import torch
 
@@ -38,17 +37,13 @@ from fastinst_rt.zoo import DEFAULT_TEST_SIZE
 
 from .checks import check_graph, graph_opset
 from .deploy import MASK_STRIDE, DeployModel
+from .verify import VERIFY_TOL, simplify_graph, verify_graph
 
 __all__ = ["export_onnx", "plan_export", "ExportPlan", "parse_imgsz", "default_imgsz"]
 
 DEFAULT_OPSET = 19  # ONNX DeformConv; TensorRT >= 10.1 and ONNX Runtime >= 1.25
 PLUGIN_OPSET = 17  # TensorRT 8.6's parser reads opset <= 17
 MAX_OPSET = 21
-# Verification tolerance (relative L2 of sorted outputs) between the torch wrapper and ONNX Runtime. FP16 is gated
-# on the class outputs only: its mask logits move with float16 rounding (measured 1e-2..5e-2 on random
-# full-size weights), which is reported, not refused.
-_VERIFY_TOL = {"fp32": 1e-3, "fp16": 5e-2}
-_FP16_GATED = ("scores", "pred_logits")
 
 
 def _ceil32(v: int) -> int:
@@ -112,10 +107,11 @@ class ExportPlan:
         return self.dcn != "trt-plugin"
 
 
-def _load(model: FastInst | str | os.PathLike, info: ModelInfo | None) -> tuple[FastInst, ModelInfo]:
+def _load(model: FastInst | str | os.PathLike, info: ModelInfo | None, progress: bool) -> tuple[FastInst, ModelInfo]:
     if not isinstance(model, FastInst):
         return load_checkpoint(model, "cpu")
     if info is None:  # a bare module (e.g. built in a test): generic metadata
+        _log(progress, "no info= given with the module: generic metadata (default test size, COCO or classN names)")
         k = model.num_classes
         names = COCO_CLASSES if k == len(COCO_CLASSES) else tuple(f"class{i}" for i in range(k))
         info = ModelInfo("fastinst", None, tuple(names), DEFAULT_TEST_SIZE)  # type: ignore[arg-type]
@@ -194,7 +190,7 @@ def export_onnx(
         progress: print the steps to stderr.
     """
     start = time.perf_counter()
-    net, info = _load(model, info)
+    net, info = _load(model, info, progress)
     plan = plan_export(net, info, imgsz=imgsz, dynamic=dynamic, min_size=min_size, max_size=max_size, batch=batch,
                        fp16=fp16, raw=raw, opset=opset, max_det=max_det, dcn_plugin=dcn_plugin, simplify=simplify,
                        progress=progress)  # fmt: skip
@@ -202,16 +198,12 @@ def export_onnx(
     # Dynamic export traces batch 2: torch.export specializes an example dimension of size 1.
     images, sizes = _example_inputs(2 if dynamic else batch, plan.size)
     proto = _trace(wrapper, images, sizes, plan)
-    feeds = {"images": images.numpy(), "sizes": sizes.numpy()} if plan.runnable else None
     if plan.simplify:
-        proto = _simplify(proto, feeds, _VERIFY_TOL[plan.precision] / 10, progress)
-    for key, value in _metadata(plan, wrapper).to_props().items():
-        proto.metadata_props.add(key=key, value=value)
-    problems = check_graph(proto, opset=plan.opset, fixed=not dynamic)
-    if problems:
-        raise RuntimeError("the exported graph is not deployable:\n  " + "\n  ".join(problems))
+        feeds = {"images": images.numpy(), "sizes": sizes.numpy()} if plan.runnable else None
+        proto = simplify_graph(proto, feeds, VERIFY_TOL[plan.precision] / 10, progress)
+    _add_metadata_and_lint(proto, _metadata(plan, wrapper), plan)
     if plan.runnable:
-        _verify(proto, wrapper, images, sizes, plan.precision, progress)
+        verify_graph(proto, wrapper, images, sizes, plan.precision, progress)
     else:
         _log(
             progress, "not verified: ONNX Runtime cannot run the TensorRT plugin nodes (checked by the graph lint only)"
@@ -232,6 +224,14 @@ def _trace(wrapper: DeployModel, images: torch.Tensor, sizes: torch.Tensor, plan
         raise RuntimeError(f"the exporter wrote opset {graph_opset(proto)} instead of the requested {plan.opset}")
     _set_io_shapes(proto, wrapper, batch=None if plan.dynamic else b, size=None if plan.dynamic else s)
     return proto
+
+
+def _add_metadata_and_lint(proto: onnx.ModelProto, meta: ArtifactMeta, plan: ExportPlan) -> None:
+    for key, value in meta.to_props().items():
+        proto.metadata_props.add(key=key, value=value)
+    problems = check_graph(proto, opset=plan.opset, fixed=not plan.dynamic)
+    if problems:
+        raise RuntimeError("the exported graph is not deployable:\n  " + "\n  ".join(problems))
 
 
 def _save(proto: onnx.ModelProto, output: Path, progress: bool, start: float) -> Path:
@@ -319,80 +319,6 @@ def _set_io_shapes(
             dims.add().CopyFrom(
                 onnx.TensorShapeProto.Dimension(**({"dim_value": d} if isinstance(d, int) else {"dim_param": d}))
             )
-
-
-def _simplify(proto: onnx.ModelProto, feeds: dict | None, tol: float, progress: bool) -> onnx.ModelProto:
-    """onnxslim's graph if it computes the same outputs on ``feeds`` (ONNX Runtime; skipped when None)."""
-    try:
-        import onnxslim
-    except ImportError:
-        _log(progress, "onnxslim is not installed: skipping simplification")
-        return proto
-    before = len(proto.graph.node)
-    with contextlib.redirect_stdout(sys.stderr if progress else io.StringIO()):
-        slim = onnxslim.slim(proto)
-    if slim is None:
-        return proto
-    # onnxslim may rewrite I/O shapes from its own inference; the contract's shapes are kept.
-    _copy_io_shapes(proto, slim)
-    if feeds is not None:
-        err = max(_rel_sorted(a, b) for a, b in zip(_run(slim, feeds), _run(proto, feeds)))
-        if err > tol:
-            _log(progress, f"simplified graph differs from the exported one (rel {err:.1e}): keeping the original")
-            return proto
-    _log(progress, f"simplified with onnxslim: {before} -> {len(slim.graph.node)} nodes")
-    return slim
-
-
-def _copy_io_shapes(src: onnx.ModelProto, dst: onnx.ModelProto) -> None:
-    by_name = {vi.name: vi for vi in list(src.graph.input) + list(src.graph.output)}
-    for vi in list(dst.graph.input) + list(dst.graph.output):
-        if vi.name in by_name:
-            vi.type.CopyFrom(by_name[vi.name].type)
-
-
-def _run(proto: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    return sess.run(None, feeds)
-
-
-def _rel_sorted(a: np.ndarray, b: np.ndarray) -> float:
-    # Relative L2 error of the sorted values: queries or pairs whose selection scores tie may come out of top-k in
-    # another order (ties are broken differently by each implementation); that is not an error.
-    a, b = np.sort(np.asarray(a, np.float64), axis=None), np.sort(np.asarray(b, np.float64), axis=None)
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12))
-
-
-def _verify(
-    proto: onnx.ModelProto,
-    wrapper: DeployModel,
-    images: torch.Tensor,
-    sizes: torch.Tensor,
-    precision: str,
-    progress: bool,
-) -> None:
-    """ONNX Runtime against the torch wrapper on the example batch (values compared sorted, see ``_rel_sorted``)."""
-    try:
-        got = _run(proto, {"images": images.numpy(), "sizes": sizes.numpy()})
-    except ImportError:
-        _log(progress, "onnxruntime is not installed: skipping verification")
-        return
-    with torch.no_grad():
-        ref = [t.numpy() for t in wrapper(images, sizes)]
-    errors = {}
-    for name, g, r in zip(wrapper.output_names, got, ref):
-        if not np.isfinite(g).all():
-            raise RuntimeError(f"ONNX Runtime output {name} holds NaN/inf")
-        if name not in ("labels", "query"):  # indices: ties may swap them, their scores are compared
-            errors[name] = _rel_sorted(g, r)
-    gated = [v for k, v in errors.items() if precision == "fp32" or k in _FP16_GATED]
-    _log(progress, "verified against torch: " + ", ".join(f"{k} {v:.1e}" for k, v in errors.items()))
-    if max(gated) > _VERIFY_TOL[precision]:
-        raise RuntimeError(f"ONNX Runtime disagrees with torch: {errors} (tolerance {_VERIFY_TOL[precision]})")
 
 
 def _metadata(plan: ExportPlan, wrapper: DeployModel) -> ArtifactMeta:

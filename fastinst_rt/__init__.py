@@ -23,7 +23,8 @@ def load_model(model: str | os.PathLike, device: str = "cpu") -> FastInst:
     """Build a FastInst ``nn.Module`` (eval mode) from a checkpoint file or zoo name.
 
     Official Detectron2 ``.pth`` files need no config: the architecture is read off the tensors. The returned
-    module carries ``.info`` (a ``ModelInfo``: variant, config, class names, test size, source file and hash).
+    module carries ``.info`` (a ``ModelInfo``: variant, config, class names, test size, source file and hash) for
+    reading; functions that need it take it explicitly, e.g. ``export_onnx(net, "x.onnx", info=net.info)``.
     """
     from .checkpoint import load_checkpoint
 

@@ -8,7 +8,8 @@ parity suite), unless given. Files are opened with ``torch.load(weights_only=Tru
 execution is refused.
 
 Our format is a ``.safetensors`` file whose metadata holds the config, class names and test size, so the file
-alone rebuilds the model. Every key of a checkpoint must be consumed or be one of ``IGNORED_KEYS``.
+alone rebuilds the model. Every key of a checkpoint must be consumed or be one of ``IGNORED_KEYS`` (the
+criterion's ``empty_weight`` and ``pixel_mean``/``pixel_std``: the normalization constants are the model's own).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from .artifact import cache_dir
 from .coco import COCO_CLASSES
 from .modeling.fastinst import FastInst
 from .zoo import DEFAULT_TEST_SIZE, MODELS, FastInstConfig, build_model
@@ -73,10 +75,6 @@ class ModelInfo:
             d["name"], FastInstConfig.from_dict(d["config"]), tuple(d["class_names"]), tuple(d["test_size"]),
             d.get("source", ""), d.get("sha256", ""),
         )  # fmt: skip
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("FASTINST_RT_HOME", Path.home() / ".cache" / "fastinst_rt"))
 
 
 def resolve(model: str | os.PathLike) -> Path:

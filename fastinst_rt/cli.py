@@ -65,7 +65,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     try:
         from fastinst_rt.export import export_onnx
     except ImportError as e:
-        raise RuntimeError(f"export needs torch, onnx and onnxscript: pip install 'fastinst-rt[onnx]' ({e})") from None
+        raise RuntimeError(f"export needs torch and onnx: pip install 'fastinst-rt[torch,onnx]' ({e})") from None
     export_onnx(
         args.model, args.output, imgsz=args.imgsz, dynamic=args.dynamic, min_size=args.min_size,
         max_size=args.max_size, batch=args.batch, fp16=args.fp16, raw=args.raw, opset=args.opset,

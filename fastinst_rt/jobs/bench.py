@@ -1,10 +1,10 @@
 """Latency of ``Segmenter.predict`` per stage, for several models or backends measured side by side.
 
 What is timed: ``preprocess`` (decode-free: the image is already in memory; resize, pad), ``inference`` (the
-backend call, including host/device copies), ``postprocess`` (scoring, mask upsampling to the original size,
-boxes), and ``total`` (the whole ``predict_batch`` call, wall clock). Runs are interleaved iteration by
-iteration, so a load that comes and goes on the machine affects every run alike. Percentiles are over
-``iters`` timed iterations after ``warmup`` untimed ones.
+backend call, including host/device copies and the top-k pair selection), ``postprocess`` (mask upsampling to
+the original size, scoring, boxes), and ``total`` (the whole ``predict_batch`` call, wall clock). Runs are
+interleaved iteration by iteration, so a load that comes and goes on the machine affects every run alike.
+Percentiles are over ``iters`` timed iterations after ``warmup`` untimed ones.
 """
 
 from __future__ import annotations

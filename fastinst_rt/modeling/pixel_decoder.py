@@ -47,7 +47,10 @@ class PyramidPoolingModule(nn.Module):
 
 
 class PPMFPN(nn.Module):
-    """Top-down FPN over res3/res4/res5 with a PPM on the coarsest level; GroupNorm(32) after every conv.
+    """Top-down FPN over res3/res4/res5 with a PPM on the coarsest level.
+
+    GroupNorm(32) follows each adapter (1x1, no activation) and each output conv (3x3, ReLU), both without bias;
+    the PPM's 1x1 convs have a bias and no norm.
 
     Args:
         in_channels: channels of res3, res4, res5.

@@ -1,6 +1,6 @@
 """Instance post-processing of FastInst outputs, in numpy/cv2, with the official scores but in the fast order.
 
-The official ``FastInst.instance_inference`` (``fastinst-spec.md`` §4) upsamples all 100 mask logit maps to the
+The official ``FastInst.instance_inference`` (``fastinst/fastinst.py``) upsamples all 100 mask logit maps to the
 padded input size, crops them to the resized image, resizes them to the original image, and only then takes the
 top-k query x class pairs. Here the pairs are chosen first (class probability is an upper bound of the final score,
 because the mask score is at most 1) and only the masks of the kept queries are upsampled, each query once however

@@ -1,4 +1,4 @@
-"""Training FastInst with the paper's recipe (``fastinst-spec.md`` §5).
+"""Training FastInst with the paper's recipe, as the official ``train_net.py`` and ``fastinst/modeling`` run it.
 
 ``matcher`` (Hungarian matching with the location cost, and the proposal-pixel matcher), ``criterion`` (proposal,
 class, point-sampled mask and dice losses with deep supervision and the ground-truth mask-guided predictions),

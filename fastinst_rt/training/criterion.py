@@ -1,7 +1,7 @@
 """FastInst training losses: proposal CE, class CE, point-sampled mask BCE and dice, with deep supervision.
 
-Written after FastInst ``modeling/criterion.py`` (DETR/Mask2Former ``SetCriterion``), see ``fastinst-spec.md``
-§5.3. Changes: the criterion returns the weighted terms and their sum instead of raw terms weighted by the
+Written after FastInst ``modeling/criterion.py`` (DETR/Mask2Former ``SetCriterion``).
+Changes: the criterion returns the weighted terms and their sum instead of raw terms weighted by the
 trainer; the matcher's proposal path is an explicit method call rather than a dispatch on the outputs' keys.
 The output contract it consumes is ``FastInst.forward``'s (training mode).
 """

@@ -1,8 +1,8 @@
 """COCO-format instance data with FastInst's training augmentations, and the batch collate.
 
 Written after FastInst ``data/dataset_mappers/fastinst_instance_dataset_mapper.py`` and the Detectron2
-transforms it uses (``ResizeShortestEdge``, ``RandomCrop("absolute_range")``, ``RandomFlip``), see
-``fastinst-spec.md`` §5.5. Changes: no Detectron2; the sizes are constructor arguments (``AugmentSizes``) so
+transforms it uses (``ResizeShortestEdge``, ``RandomCrop("absolute_range")``, ``RandomFlip``).
+Changes: no Detectron2; the sizes are constructor arguments (``AugmentSizes``) so
 small models train at small sizes; instances that an augmentation leaves with an empty mask are dropped
 (the official mapper keeps them as empty targets).
 """

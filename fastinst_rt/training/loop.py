@@ -1,7 +1,7 @@
 """The FastInst training loop: AdamW with the official parameter groups, multi-step LR, AMP on CUDA, DDP.
 
-Written after FastInst ``train_net.py`` (Detectron2 ``DefaultTrainer``/``AMPTrainer``), see ``fastinst-spec.md``
-§5.4 and §2.2 (Solver). Changes: parameters with the same learning rate and weight decay share one optimizer
+Written after FastInst ``train_net.py`` (Detectron2 ``DefaultTrainer``/``AMPTrainer``) and
+the configs' ``SOLVER`` section. Changes: parameters with the same learning rate and weight decay share one optimizer
 group (the official code makes one group per parameter; the update is the same); the 10-iteration warm-up
 with factor 1.0 is left out because it changes nothing; no periodic evaluation.
 

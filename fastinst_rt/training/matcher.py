@@ -1,6 +1,6 @@
 """Hungarian matching of FastInst predictions to ground-truth instances.
 
-Written after FastInst ``modeling/matcher.py`` (itself from DETR/Mask2Former), see ``fastinst-spec.md`` §5.2.
+Written after FastInst ``modeling/matcher.py`` (itself from DETR/Mask2Former).
 Changes: the decoder matcher and the proposal-pixel matcher are two methods of one object instead of one
 ``forward`` that dispatches on the keys of the outputs; costs are plain functions rather than TorchScript.
 """

@@ -9,7 +9,7 @@ from .base import Backend, BackendInfo
 
 __all__ = ["Backend", "BackendInfo", "open_backend", "backend_for", "SUFFIXES"]
 
-# One table of formats, read by the runtime (which backend opens a file) and by the CLI (what a file is).
+# Model file suffix -> the backend that opens it by default (``backend_for``); anything else is a zoo name.
 SUFFIXES: dict[str, str] = {
     ".pth": "torch",
     ".pt": "torch",
