@@ -227,7 +227,7 @@ class ArtifactMeta:
         fixed = f.size("fixed_size", lo=div, multiple=div, optional=True)
         if dynamic and fixed is not None:
             raise f.fail("fixed_size", "null in a dynamic export")
-        known = {f.name for f in dataclasses.fields(cls)} | {"format", "inputs", "output_names"}
+        known = {fld.name for fld in dataclasses.fields(cls)} | {"format", "inputs", "output_names"}
         return cls(
             model=f.text("model", default=Path(where).stem), class_names=tuple(names), test_size=(short, long),
             outputs=outputs, size_divisibility=div, fixed_size=fixed,
@@ -249,7 +249,8 @@ class ArtifactMeta:
         the dims are static, the class count, the fixed size and the batch."""
         if tuple(inputs) != INPUT_NAMES or tuple(outputs) != self.output_names:
             raise ArtifactError(
-                f"{where}: unexpected graph I/O {tuple(inputs)} -> {tuple(outputs)} for a {self.outputs} export"
+                f"{where}: unexpected graph I/O {tuple(inputs)} -> {tuple(outputs)} for a {self.outputs} export "
+                f"(expected {INPUT_NAMES} -> {self.output_names}); re-export it with this fastinst-rt"
             )
         width = outputs.get("pred_logits", [None] * 3)[-1]
         if isinstance(width, int) and width != len(self.class_names) + 1:

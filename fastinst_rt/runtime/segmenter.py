@@ -1,7 +1,8 @@
 """``Segmenter``: an image in, instances out, on any backend.
 
 The front door of the SDK. Pre-processing (official resize and padding) and post-processing (official scoring
-in the fast order) are the runtime's own and shared by every backend; the backend only runs the network.
+in the fast order) are the runtime's own and shared by every backend; the backend runs the network and returns
+the top query x class pairs in one output contract (``runtime.backends.base.Backend``).
 """
 
 from __future__ import annotations

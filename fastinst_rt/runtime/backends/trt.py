@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...artifact import check_engine_compat, read_sidecar
+from ...artifact import INPUT_NAMES, ArtifactError, check_engine_compat, read_sidecar
 from .base import Backend, BackendInfo
 
 __all__ = ["TensorRTBackend"]
@@ -76,6 +76,11 @@ class TensorRTBackend(Backend):
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        if set(self.inputs) != set(INPUT_NAMES) or set(self.outputs) != set(self.meta.output_names):
+            raise ArtifactError(
+                f"{self.path}: engine I/O {self.inputs} -> {self.outputs} is not that of a "
+                f"{self.meta.outputs} export {self.meta.output_names}; rebuild it from a current export"
+            )
         self._dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
         self._stream = self._cuda.Stream()
         self._buffers = self._allocate()
