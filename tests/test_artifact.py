@@ -7,6 +7,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 
@@ -157,3 +158,28 @@ def test_sidecar_that_is_not_json_or_too_big(tmp_path: Path, capsys) -> None:
     assert "not valid JSON" in _cli_error(capsys, "info", str(engine))
     sidecar_path(engine).write_text(json.dumps({"format": ENGINE_FORMAT, "meta": [1, 2]}))
     assert "not a fastinst-rt export" in _cli_error(capsys, "info", str(engine))
+
+
+def test_every_backend_keeps_the_output_contract(
+    graphs: dict[str, Path], tiny_checkpoints: dict[str, Path], photo
+) -> None:
+    """Torch, a raw graph and an end-to-end graph give the same pairs, with the keys, dtypes and shapes of
+    ``Backend``'s contract (the raw ones selected in numpy, the end-to-end ones by the graph's TopK)."""
+    from fastinst_rt.runtime.backends import PAIR_KEYS, open_backend
+    from fastinst_rt.runtime.preprocess import prepare
+
+    batch, sizes, _ = prepare([photo], 320, 427, fixed_size=(320, 448))
+    outs = {}
+    for name, model in (("torch", tiny_checkpoints[R50]), ("raw", graphs["raw"]), ("e2e", graphs["e2e"])):
+        with open_backend(model, device="cpu") as backend:
+            outs[name] = backend.infer(batch, sizes, max_det=30)
+    for out in outs.values():
+        assert tuple(out) == PAIR_KEYS
+        assert out["scores"].dtype == np.float32 and out["scores"].shape == (1, 30)
+        assert out["labels"].dtype == out["query"].dtype == np.int64
+        assert out["masks"].dtype == np.float32 and out["masks"].shape == (1, 30, 40, 56)
+        assert np.all(np.diff(out["scores"][0]) <= 0)
+    for name in ("raw", "e2e"):
+        np.testing.assert_allclose(outs[name]["scores"], outs["torch"]["scores"], rtol=1e-4, atol=1e-6)
+        assert np.array_equal(outs[name]["query"], outs["torch"]["query"]), name
+        assert np.array_equal(outs[name]["labels"], outs["torch"]["labels"]), name

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .base import Backend, BackendInfo
+from .base import PAIR_KEYS, RAW_KEYS, Backend, BackendInfo
 
-__all__ = ["Backend", "BackendInfo", "open_backend", "backend_for", "SUFFIXES"]
+__all__ = ["Backend", "BackendInfo", "PAIR_KEYS", "RAW_KEYS", "open_backend", "backend_for", "SUFFIXES"]
 
 # Model file suffix -> the backend that opens it by default (``backend_for``); anything else is a zoo name.
 SUFFIXES: dict[str, str] = {
