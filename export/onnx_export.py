@@ -28,7 +28,7 @@ import onnx
 import torch
 
 from fastinst_rt import __version__
-from fastinst_rt.artifact import ArtifactMeta
+from fastinst_rt.artifact import MAX_SIDE, ArtifactMeta
 from fastinst_rt.checkpoint import ModelInfo, load_checkpoint
 from fastinst_rt.coco import COCO_CLASSES
 from fastinst_rt.modeling.fastinst import SIZE_DIVISIBILITY, FastInst
@@ -70,8 +70,8 @@ def parse_imgsz(imgsz: int | str | tuple[int, int] | list[int]) -> tuple[int, in
         values = [int(v) for v in imgsz]
     if len(values) == 1:
         values = values * 2
-    if len(values) != 2 or min(values) < SIZE_DIVISIBILITY:
-        raise ValueError(f"input size must be two sides >= {SIZE_DIVISIBILITY}, got {imgsz!r}")
+    if len(values) != 2 or min(values) < SIZE_DIVISIBILITY or max(values) > MAX_SIDE:
+        raise ValueError(f"input size must be two sides in {SIZE_DIVISIBILITY}..{MAX_SIDE}, got {imgsz!r}")
     return _ceil32(values[0]), _ceil32(values[1])
 
 
@@ -142,6 +142,8 @@ def plan_export(
     if max_det < 1:
         raise ValueError(f"max_det must be positive, got {max_det}")
     test_size = (int(min_size or info.test_size[0]), int(max_size or info.test_size[1]))
+    if not 32 <= test_size[0] <= test_size[1] <= MAX_SIDE:
+        raise ValueError(f"bad test size {test_size[0]}/{test_size[1]}: need 32 <= min_size <= max_size <= {MAX_SIDE}")
     size = parse_imgsz(imgsz) if imgsz is not None else default_imgsz(test_size)
     q = net.decoder.num_queries
     if (size[0] // 16) * (size[1] // 16) < q:
@@ -227,7 +229,9 @@ def _trace(wrapper: DeployModel, images: torch.Tensor, sizes: torch.Tensor, plan
 
 
 def _add_metadata_and_lint(proto: onnx.ModelProto, meta: ArtifactMeta, plan: ExportPlan) -> None:
-    for key, value in meta.to_props().items():
+    props = meta.to_props()
+    ArtifactMeta.from_props(props, "the export")  # never write what the runtime would refuse to load
+    for key, value in props.items():
         proto.metadata_props.add(key=key, value=value)
     problems = check_graph(proto, opset=plan.opset, fixed=not plan.dynamic)
     if problems:

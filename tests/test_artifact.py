@@ -183,3 +183,13 @@ def test_every_backend_keeps_the_output_contract(
         np.testing.assert_allclose(outs[name]["scores"], outs["torch"]["scores"], rtol=1e-4, atol=1e-6)
         assert np.array_equal(outs[name]["query"], outs["torch"]["query"]), name
         assert np.array_equal(outs[name]["labels"], outs["torch"]["labels"]), name
+
+
+def test_export_refuses_sizes_the_runtime_would_refuse(tiny_checkpoints: dict[str, Path], tmp_path: Path, capsys):
+    from fastinst_rt.export.onnx_export import parse_imgsz
+
+    with pytest.raises(ValueError, match="two sides in 32..32768"):
+        parse_imgsz("100000x100000")
+    out = tmp_path / "never.onnx"
+    err = _cli_error(capsys, "export", str(tiny_checkpoints[R50]), "-o", str(out), "--min-size", "16")
+    assert "bad test size 16/" in err and not out.exists()
