@@ -23,6 +23,7 @@ from fastinst_rt.export.onnx_export import default_imgsz, parse_imgsz
 from fastinst_rt.runtime.postprocess import select_pairs as select_pairs_np
 from fastinst_rt.runtime.preprocess import pad_batch, prepare, resize_image
 
+from .compare import match_instances, matched_errors
 from .conftest import TEST_VARIANTS
 
 R50, DCN = "fastinst-test-r50-d2", "fastinst-test-r50vd-dcn-d1"
@@ -70,43 +71,6 @@ def _torch_raw(ckpt: Path, batch: np.ndarray, sizes: np.ndarray) -> tuple[np.nda
     with torch.no_grad():
         out = model(model.normalize(torch.from_numpy(batch), torch.from_numpy(sizes)))
     return out["pred_logits"].numpy(), out["pred_masks"].numpy()
-
-
-def _rel(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.linalg.norm(a.astype(np.float64) - b) / max(np.linalg.norm(b.astype(np.float64)), 1e-12))
-
-
-def _matched_errors(logits, masks, ref_logits, ref_masks) -> tuple[float, float]:
-    """Worst relative error over the batch, queries matched as a set per image (tied selection scores may
-    permute queries; the decoder is permutation-equivariant), as the parity check does."""
-    worst_l = worst_m = 0.0
-    for lg, mk, rl, rm in zip(logits, masks, ref_logits, ref_masks):
-        ours = np.concatenate([lg, mk.reshape(len(mk), -1)], 1).astype(np.float64)
-        theirs = np.concatenate([rl, rm.reshape(len(rm), -1)], 1).astype(np.float64)
-        d = (theirs**2).sum(1)[:, None] + (ours**2).sum(1)[None, :] - 2 * theirs @ ours.T
-        order, free = np.empty(len(theirs), int), np.ones(len(ours), bool)
-        for i in np.argsort(d.min(1)):
-            j = np.where(free, d[i], np.inf).argmin()
-            order[i], free[j] = j, False
-        worst_l, worst_m = max(worst_l, _rel(lg[order], rl)), max(worst_m, _rel(mk[order], rm))
-    return worst_l, worst_m
-
-
-def _match_instances(a, b) -> tuple[float, float, float]:
-    """Greedy match of results ``b`` to ``a`` on (label, score): (max score diff, median IoU, label agreement)."""
-    used, diffs, ious, same = np.zeros(len(b), bool), [], [], 0
-    for i in np.argsort(-a.scores):
-        cand = np.flatnonzero((b.labels == a.labels[i]) & ~used)
-        if cand.size == 0:
-            diffs.append(np.inf)
-            ious.append(0.0)
-            continue
-        j = cand[np.argmin(np.abs(b.scores[cand] - a.scores[i]))]
-        used[j], same = True, same + 1
-        diffs.append(abs(float(b.scores[j]) - float(a.scores[i])))
-        union = np.logical_or(a.masks[i], b.masks[j]).sum()
-        ious.append(1.0 if union == 0 else np.logical_and(a.masks[i], b.masks[j]).sum() / union)
-    return max(diffs), float(np.median(ious)), same / max(len(a), 1)
 
 
 # ---------------------------------------------------------------- the wrapper's pieces (eager torch)
@@ -176,7 +140,7 @@ def test_static_raw_graph_matches_torch(variant: str, exported, tiny_checkpoints
         assert sum(n.op_type == "DeformConv" for n in model.graph.node) == 2  # res4 + res5, one block each
     batch, sizes = _fixed_batch(_photos()[:2], (320, 448))
     logits, masks = _session(path).run(None, {"images": batch, "sizes": sizes})
-    e_l, e_m = _matched_errors(logits, masks, *_torch_raw(tiny_checkpoints[variant], batch, sizes))
+    e_l, e_m = matched_errors(logits, masks, *_torch_raw(tiny_checkpoints[variant], batch, sizes))
     assert e_l <= 1e-4 and e_m <= 1e-4, (e_l, e_m)
 
 
@@ -192,7 +156,7 @@ def test_dynamic_raw_graph_matches_torch_at_any_size_and_batch(
         batch, sizes, _ = prepare(photos, min_size, max_size)
         logits, masks = sess.run(None, {"images": batch, "sizes": sizes})
         assert masks.shape == (len(photos), 100, batch.shape[2] // 8, batch.shape[3] // 8)
-        e_l, e_m = _matched_errors(logits, masks, *_torch_raw(tiny_checkpoints[variant], batch, sizes))
+        e_l, e_m = matched_errors(logits, masks, *_torch_raw(tiny_checkpoints[variant], batch, sizes))
         assert e_l <= 1e-4 and e_m <= 1e-4, (batch.shape, e_l, e_m)
 
 
@@ -210,7 +174,7 @@ def test_e2e_graph_with_runtime_equals_torch_segmenter(
     photo = np.ascontiguousarray(_photos()[0][:384])
     a, b = torch_seg.predict(photo, color="rgb"), onnx_seg.predict(photo, color="rgb")
     assert len(a) == len(b) == 100 and b.masks.shape == (100, 384, 512)
-    dmax, iou, same = _match_instances(a, b)
+    dmax, iou, _, same = match_instances(a, b)
     assert dmax <= 1e-4 and iou >= 0.999 and same == 1.0, (dmax, iou, same)
 
 
@@ -245,7 +209,7 @@ def test_fp16_graph_runs_nan_free_and_agrees_with_fp32(exported, tiny_checkpoint
     batch, sizes = _fixed_batch(_photos()[:1], (320, 448))
     logits, masks = _session(raw16).run(None, {"images": batch, "sizes": sizes})
     assert logits.dtype == masks.dtype == np.float32 and np.isfinite(logits).all() and np.isfinite(masks).all()
-    e_l, e_m = _matched_errors(logits, masks, *_torch_raw(tiny_checkpoints[R50], batch, sizes))
+    e_l, e_m = matched_errors(logits, masks, *_torch_raw(tiny_checkpoints[R50], batch, sizes))
     assert e_l <= 2e-2 and e_m <= 2e-2, (e_l, e_m)  # measured ~4e-3 / ~4e-3
 
     seg16 = Segmenter(exported(DCN, fp16=True, dynamic=True), conf=0.0)
@@ -254,7 +218,7 @@ def test_fp16_graph_runs_nan_free_and_agrees_with_fp32(exported, tiny_checkpoint
         a, b = seg32.predict(photo, color="rgb"), seg16.predict(photo, color="rgb")
         assert np.isfinite(b.scores).all() and len(b) == 100
         top = a[a.scores >= a.scores[9]]  # the ten best instances must survive FP16
-        dmax, iou, same = _match_instances(top, b)
+        dmax, iou, _, same = match_instances(top, b)
         assert dmax <= 1e-2 and iou >= 0.9 and same == 1.0, (dmax, iou, same)
 
 
@@ -277,7 +241,7 @@ def test_fully_masked_attention_rows_stay_finite(tiny_checkpoints: dict[str, Pat
         )
         logits, masks = _session(path).run(None, {"images": batch, "sizes": sizes})
         assert np.isfinite(logits).all() and np.isfinite(masks).all()
-        assert max(_matched_errors(logits, masks, *ref)) <= tol
+        assert max(matched_errors(logits, masks, *ref)) <= tol
 
 
 def _torch_raw_model(model, batch: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
