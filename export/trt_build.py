@@ -26,6 +26,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fastinst_rt.artifact import (
     ArtifactError,
@@ -37,6 +38,9 @@ from fastinst_rt.artifact import (
     sidecar_path,
     write_sidecar,
 )
+
+if TYPE_CHECKING:  # for annotations; TensorRT is imported where it is used, most installs have none
+    import tensorrt as trt
 
 __all__ = ["build_engine", "plan_build", "BuildPlan", "check_build_target", "parse_shape", "default_profile",
            "default_engine_path"]  # fmt: skip
@@ -102,8 +106,10 @@ def default_engine_path(onnx_path: Path, trt_version: str, gpu: str, precision: 
     return onnx_path.with_name(f"{onnx_path.stem}.{slug}.trt{trt_version}.{precision}.engine")
 
 
-def _progress_monitor(trt, progress: bool):
-    if not progress or not hasattr(trt, "IProgressMonitor"):
+def _progress_monitor(progress: bool) -> trt.IProgressMonitor | None:
+    import tensorrt as trt
+
+    if not progress or not hasattr(trt, "IProgressMonitor"):  # 10.0+
         return None
 
     class Monitor(trt.IProgressMonitor):
@@ -143,11 +149,12 @@ class BuildPlan:
 
 
 def plan_build(
-    trt, onnx_path: Path, output: str | os.PathLike | None, gpu: dict, *, fp16: bool, workspace_gb: float,  # noqa: ANN001
+    onnx_path: Path, output: str | os.PathLike | None, gpu: dict, *, fp16: bool, workspace_gb: float,
     profile: Profile | None, max_batch: int, timing_cache: str | os.PathLike | None,
 ) -> BuildPlan:  # fmt: skip
     """Read and validate the ONNX file and decide the engine's precision and path (arguments as ``build_engine``)."""
     import onnx
+    import tensorrt as trt
 
     if not onnx_path.is_file():
         raise FileNotFoundError(f"no such ONNX file: {onnx_path}")
@@ -202,23 +209,25 @@ def build_engine(
         ) from None
     cuda_rt.set_device(device)
     gpu = cuda_rt.device_properties(device)
-    plan = plan_build(trt, Path(onnx_path), output, gpu, fp16=fp16, workspace_gb=workspace_gb, profile=profile,
+    plan = plan_build(Path(onnx_path), output, gpu, fp16=fp16, workspace_gb=workspace_gb, profile=profile,
                       max_batch=max_batch, timing_cache=timing_cache)  # fmt: skip
     logger = trt.Logger(trt.Logger.WARNING)
     trt.init_libnvinfer_plugins(logger, "")
-    check_build_target(plan.trt_version, gpu["compute_capability"], plan.meta.dcn, _has_deform_plugin(trt))
+    check_build_target(plan.trt_version, gpu["compute_capability"], plan.meta.dcn, _has_deform_plugin())
     if not force and _up_to_date(plan):
         _log(progress, f"{plan.output} is up to date (same ONNX, TensorRT {plan.trt_version}, {gpu['name']}, "
                        f"{plan.precision})")  # fmt: skip
         return plan.output
     builder = trt.Builder(logger)
-    network, parser = _parse(trt, builder, logger, plan, progress)
-    config, shapes = _configure(trt, builder, network, plan, progress)
+    network, parser = _parse(builder, logger, plan, progress)
+    config, shapes = _configure(builder, network, plan, progress)
     serialized, seconds = _build(builder, network, config, plan, progress)
     return _write(plan, serialized, shapes, seconds, progress)
 
 
-def _has_deform_plugin(trt) -> bool:  # noqa: ANN001
+def _has_deform_plugin() -> bool:
+    import tensorrt as trt
+
     registry = trt.get_plugin_registry()
     return any(registry.get_plugin_creator("ModulatedDeformConv2d", v, "") for v in ("1", "2"))
 
@@ -236,7 +245,11 @@ def _up_to_date(plan: BuildPlan) -> bool:
     )  # fmt: skip
 
 
-def _parse(trt, builder, logger, plan: BuildPlan, progress: bool):  # noqa: ANN001, ANN202
+def _parse(
+    builder: trt.Builder, logger: trt.ILogger, plan: BuildPlan, progress: bool
+) -> tuple[trt.INetworkDefinition, trt.OnnxParser]:
+    import tensorrt as trt
+
     flags = 0
     if hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH") and parse_version(plan.trt_version) < (10,):
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
@@ -253,14 +266,18 @@ def _parse(trt, builder, logger, plan: BuildPlan, progress: bool):  # noqa: ANN0
     return network, parser  # the parser must outlive the network's use
 
 
-def _configure(trt, builder, network, plan: BuildPlan, progress: bool):  # noqa: ANN001, ANN202
+def _configure(
+    builder: trt.Builder, network: trt.INetworkDefinition, plan: BuildPlan, progress: bool
+) -> tuple[trt.IBuilderConfig, Profile]:
     """The builder config (workspace, precision, profile, timing cache, progress) and the profile's shapes."""
+    import tensorrt as trt
+
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(plan.workspace_gb * 2**30))
     if plan.fp16_flag or (plan.meta.precision == "fp16" and not plan.strongly_typed):
         config.set_flag(trt.BuilderFlag.FP16)  # weakly typed builders need the flag to pick FP16 kernels
     inputs = [network.get_input(i) for i in range(network.num_inputs)]
-    shapes = {t.name: (tuple(t.shape),) * 3 for t in inputs}
+    shapes: Profile = {t.name: (tuple(t.shape),) * 3 for t in inputs}
     if any(-1 in tuple(t.shape) for t in inputs):
         shapes = plan.profile or default_profile(plan.meta.test_size, plan.max_batch)
         opt_profile = builder.create_optimization_profile()
@@ -272,13 +289,15 @@ def _configure(trt, builder, network, plan: BuildPlan, progress: bool):  # noqa:
     if plan.timing_cache is not None:
         blob = plan.timing_cache.read_bytes() if plan.timing_cache.is_file() else b""
         config.set_timing_cache(config.create_timing_cache(blob), False)
-    monitor = _progress_monitor(trt, progress)
+    monitor = _progress_monitor(progress)
     if monitor is not None:
         config.progress_monitor = monitor
     return config, shapes
 
 
-def _build(builder, network, config, plan: BuildPlan, progress: bool) -> tuple[object, float]:  # noqa: ANN001
+def _build(
+    builder: trt.Builder, network: trt.INetworkDefinition, config: trt.IBuilderConfig, plan: BuildPlan, progress: bool
+) -> tuple[trt.IHostMemory, float]:
     _log(progress, f"building a {plan.precision} engine (this takes minutes; the timing cache makes rebuilds faster)")
     start = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
@@ -289,7 +308,7 @@ def _build(builder, network, config, plan: BuildPlan, progress: bool) -> tuple[o
     return serialized, time.perf_counter() - start
 
 
-def _write(plan: BuildPlan, serialized: object, shapes: Profile, seconds: float, progress: bool) -> Path:
+def _write(plan: BuildPlan, serialized: trt.IHostMemory, shapes: Profile, seconds: float, progress: bool) -> Path:
     out = plan.output
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(memoryview(serialized))

@@ -6,7 +6,8 @@ Written against the API subset common to TensorRT 8.6 through 11.x: I/O by tenso
 optimization profile's largest shapes. An engine only runs on the TensorRT version and GPU model it was
 built for: the JSON sidecar written beside it (``fastinst_rt.artifact.EngineSidecar``) records both. The sidecar is
 read and validated first, so a forged or mismatched engine is refused with a clear message before TensorRT is
-imported or asked to deserialize it.
+imported or asked to deserialize it. CI type-checks this file against the TensorRT 10.13 stubs; every call in it is
+the same on 8.6, so none is probed.
 """
 
 from __future__ import annotations
@@ -55,17 +56,20 @@ class TensorRTBackend(Backend):
                 f"{self.path}: running a TensorRT engine needs TensorRT and cuda-python on a CUDA machine "
                 f"(pip install 'fastinst-rt[trt]'; {e}); on CPU, run the .onnx file it was built from"
             ) from None
-        self._cuda = cuda_rt
         index = _device_index(device)
         cuda_rt.set_device(index)
         props = cuda_rt.device_properties(index)
         check_engine_compat(self.sidecar, trt.__version__, props["name"], props["compute_capability"])
         self.device = f"cuda:{index}"
-        self._load_engine(trt)
+        self._load_engine()
         fixed_batch = not self.sidecar.dynamic_batch
         super().__init__(BackendInfo.from_meta(self.meta, self.sidecar.max_batch, fixed_batch))
 
-    def _load_engine(self, trt) -> None:  # noqa: ANN001 - the tensorrt module
+    def _load_engine(self) -> None:
+        import tensorrt as trt
+
+        from . import cuda_rt
+
         self._logger = trt.Logger(trt.Logger.WARNING)
         trt.init_libnvinfer_plugins(self._logger, "")  # the DCN plugin lives in the plugin library
         self._runtime = trt.Runtime(self._logger)
@@ -82,12 +86,15 @@ class TensorRTBackend(Backend):
                 f"{self.meta.outputs} export {self.meta.output_names}; rebuild it from a current export"
             )
         self._dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
-        self._stream = self._cuda.Stream()
+        self._stream = cuda_rt.Stream()
         self._buffers = self._allocate()
-        self._graph, self._graph_shapes = None, None
+        self._graph: cuda_rt.CudaGraph | None = None
+        self._graph_shapes: dict[str, tuple[int, ...]] | None = None
 
     def _allocate(self) -> dict:
         """One device buffer per tensor, sized for the profile's largest input shapes."""
+        from . import cuda_rt
+
         for name in self.inputs:
             shape = tuple(self.engine.get_tensor_shape(name))
             if -1 in shape:
@@ -96,12 +103,14 @@ class TensorRTBackend(Backend):
         buffers = {}
         for name in self.inputs + self.outputs:
             shape = tuple(self.context.get_tensor_shape(name))
-            buffers[name] = self._cuda.DeviceBuffer(int(np.prod(shape)) * self._dtypes[name].itemsize)
+            buffers[name] = cuda_rt.DeviceBuffer(int(np.prod(shape)) * self._dtypes[name].itemsize)
             self.context.set_tensor_address(name, buffers[name].ptr)
         return buffers
 
     def _run(self, batch: np.ndarray, sizes: np.ndarray) -> dict[str, np.ndarray]:
-        cuda, stream = self._cuda, self._stream
+        from . import cuda_rt as cuda
+
+        stream = self._stream
         feeds = {"images": batch, "sizes": sizes.astype(self._dtypes["sizes"])}
         shapes = {name: feeds[name].shape for name in self.inputs}
         for name in self.inputs:
@@ -110,7 +119,7 @@ class TensorRTBackend(Backend):
         if not self.cuda_graph:
             self._enqueue()
         else:
-            if self._graph_shapes != shapes:
+            if self._graph is None or self._graph_shapes != shapes:
                 # TensorRT needs one regular enqueue after a shape change before the work can be captured.
                 self._enqueue()
                 if self._graph is not None:
@@ -136,7 +145,7 @@ class TensorRTBackend(Backend):
             buf.close()
         self._buffers = {}
         self._stream.close()
-        self.context = self.engine = None
+        self.context = self.engine = None  # type: ignore[assignment]  # released: the backend is closed
 
     def describe(self) -> dict:
         d = super().describe()
