@@ -10,6 +10,13 @@ caches) and differences are found by probing the module, not by comparing versio
   the FP16 builder flag where it still exists and is refused where it does not;
 * progress: ``IProgressMonitor`` where it exists (10.x+), otherwise phase messages only.
 
+CI type-checks this file (``.ci/typecheck``, mypy) against tensorrt-stubs 10.13.0.35.1, which describe TensorRT 10.13
+only. What differs on 8.6 is therefore probed at run time, never taken from the stubs: ``STRONGLY_TYPED`` (9.0+) and
+``IProgressMonitor`` with ``config.progress_monitor`` (10.0+) are absent on 8.6, and ``EXPLICIT_BATCH`` is required
+there; ``BuilderFlag.FP16`` and ``EXPLICIT_BATCH``, in the 10.13 stubs, are gone on 11.x. The other calls need no
+probe: ``OnnxParser``, ``build_serialized_network``, ``set_memory_pool_limit`` and ``init_libnvinfer_plugins`` are
+the subset common to 8.5 through 11.x, and 8.6 has optimization profiles, timing caches and ``get_plugin_creator``.
+
 Beside ``X.engine`` goes ``X.engine.json`` (``fastinst_rt.artifact.EngineSidecar``): the ONNX metadata plus the
 TensorRT version, GPU, precision and profile, so that the runtime can refuse an engine from another TensorRT
 version or GPU before deserializing. ``build_engine`` is a plan (``plan_build``, every refusal before minutes in the
