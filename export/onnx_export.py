@@ -28,11 +28,13 @@ import onnx
 import torch
 
 from fastinst_rt import __version__
-from fastinst_rt.artifact import MAX_SIDE, ArtifactMeta
+from fastinst_rt.artifact import ArtifactMeta
 from fastinst_rt.checkpoint import ModelInfo, load_checkpoint
 from fastinst_rt.coco import COCO_CLASSES
+from fastinst_rt.jobs.outputs import check_writable, write_atomic
 from fastinst_rt.modeling.fastinst import SIZE_DIVISIBILITY, FastInst
 from fastinst_rt.modeling.layers import DeformConv
+from fastinst_rt.runtime.preprocess import MAX_TEST_SIZE, check_test_size
 from fastinst_rt.zoo import DEFAULT_TEST_SIZE
 
 from .checks import check_graph, graph_opset
@@ -57,7 +59,7 @@ def default_imgsz(test_size: tuple[int, int]) -> tuple[int, int]:
 
 
 def parse_imgsz(imgsz: int | str | tuple[int, int] | list[int]) -> tuple[int, int]:
-    """ "HxW", "N" (square), N or (H, W) -> (H, W), each rounded up to a multiple of 32."""
+    """ "HxW", "N" (square), N or (H, W) -> (H, W), each rounded up to a multiple of 32; sides <= MAX_TEST_SIZE."""
     if isinstance(imgsz, str):
         parts = imgsz.lower().replace(",", "x").split("x")
         try:
@@ -70,8 +72,8 @@ def parse_imgsz(imgsz: int | str | tuple[int, int] | list[int]) -> tuple[int, in
         values = [int(v) for v in imgsz]
     if len(values) == 1:
         values = values * 2
-    if len(values) != 2 or min(values) < SIZE_DIVISIBILITY or max(values) > MAX_SIDE:
-        raise ValueError(f"input size must be two sides in {SIZE_DIVISIBILITY}..{MAX_SIDE}, got {imgsz!r}")
+    if len(values) != 2 or min(values) < SIZE_DIVISIBILITY or max(values) > MAX_TEST_SIZE:
+        raise ValueError(f"input size must be two sides in {SIZE_DIVISIBILITY}..{MAX_TEST_SIZE}, got {imgsz!r}")
     return _ceil32(values[0]), _ceil32(values[1])
 
 
@@ -142,8 +144,7 @@ def plan_export(
     if max_det < 1:
         raise ValueError(f"max_det must be positive, got {max_det}")
     test_size = (int(min_size or info.test_size[0]), int(max_size or info.test_size[1]))
-    if not 32 <= test_size[0] <= test_size[1] <= MAX_SIDE:
-        raise ValueError(f"bad test size {test_size[0]}/{test_size[1]}: need 32 <= min_size <= max_size <= {MAX_SIDE}")
+    check_test_size(*test_size)  # the runtime's bound: the longest resized side is at most MAX_TEST_SIZE
     size = parse_imgsz(imgsz) if imgsz is not None else default_imgsz(test_size)
     q = net.decoder.num_queries
     if (size[0] // 16) * (size[1] // 16) < q:
@@ -192,6 +193,7 @@ def export_onnx(
         progress: print the steps to stderr.
     """
     start = time.perf_counter()
+    output = check_writable(output, "output")  # before the model is loaded and traced
     net, info = _load(model, info, progress)
     plan = plan_export(net, info, imgsz=imgsz, dynamic=dynamic, min_size=min_size, max_size=max_size, batch=batch,
                        fp16=fp16, raw=raw, opset=opset, max_det=max_det, dcn_plugin=dcn_plugin, simplify=simplify,
@@ -210,7 +212,7 @@ def export_onnx(
         _log(
             progress, "not verified: ONNX Runtime cannot run the TensorRT plugin nodes (checked by the graph lint only)"
         )
-    return _save(proto, Path(output), progress, start)
+    return _save(proto, output, progress, start)
 
 
 def _trace(wrapper: DeployModel, images: torch.Tensor, sizes: torch.Tensor, plan: ExportPlan) -> onnx.ModelProto:
@@ -239,8 +241,7 @@ def _add_metadata_and_lint(proto: onnx.ModelProto, meta: ArtifactMeta, plan: Exp
 
 
 def _save(proto: onnx.ModelProto, output: Path, progress: bool, start: float) -> Path:
-    output.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(proto, os.fspath(output))
+    write_atomic(output, proto.SerializeToString())  # the file appears whole or not at all
     mb = output.stat().st_size / 2**20
     _log(progress, f"wrote {output} ({mb:.1f} MB) in {time.perf_counter() - start:.1f} s")
     return output

@@ -14,6 +14,7 @@ criterion's ``empty_weight`` and ``pixel_mean``/``pixel_std``: the normalization
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
@@ -84,8 +85,10 @@ def resolve(model: str | os.PathLike) -> Path:
     """
     path = Path(model)
     name = str(model)
-    if path.is_file() or (path.exists() and name not in MODELS):
+    if path.is_file():
         return path
+    if path.exists() and name not in MODELS:
+        raise CheckpointError(f"{name} is a folder, not a checkpoint file")
     if name in MODELS:
         spec = MODELS[name]
         if spec.bundled:
@@ -101,7 +104,9 @@ def resolve(model: str | os.PathLike) -> Path:
         return target
     if path.suffix or os.sep in name:
         raise FileNotFoundError(f"no such checkpoint file: {name}")
-    raise CheckpointError(f"unknown model {name!r}; known names: {', '.join(MODELS)}")
+    close = difflib.get_close_matches(name, MODELS, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"known names: {', '.join(MODELS)}"
+    raise CheckpointError(f"unknown model {name!r}; {hint}")
 
 
 def _download(url: str, target: Path) -> None:
@@ -130,35 +135,106 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
-    """(state dict, our metadata or None for an official checkpoint)."""
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file, safe_open
+def _safetensors_header(path: Path) -> tuple[dict[str, tuple[int, ...]], str]:
+    """(shape of every tensor, our metadata as JSON text) from a ``.safetensors`` header; no tensor is loaded."""
+    from safetensors import SafetensorError, safe_open
 
-        try:
-            with safe_open(str(path), "pt") as f:
-                meta = f.metadata() or {}
-            state = load_file(str(path))
-        except (SafetensorError, OSError) as e:
-            raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from e
-        if FORMAT_KEY not in meta:
-            raise CheckpointError(f"{path} has no '{FORMAT_KEY}' metadata; it was not written by save_checkpoint")
-        return state, json.loads(meta[FORMAT_KEY])
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            shapes = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file (empty, truncated or corrupt): {e}") from e
+    if FORMAT_KEY not in meta:
+        raise CheckpointError(f"{path} has no '{FORMAT_KEY}' metadata; it was not written by save_checkpoint")
+    return shapes, meta[FORMAT_KEY]
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from e
+
+
+def _read_pickle(path: Path) -> tuple[dict[str, torch.Tensor], object]:
+    """(state dict, our metadata or None for an official checkpoint) of a ``.pth``, loaded weights-only."""
     if path.suffix == ".pkl":
         raise CheckpointError(f"{path}: Detectron2 .pkl files are plain pickles and are not loaded for safety")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes), not a checkpoint")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError for unsafe globals, RuntimeError/EOFError for corrupt files
+        # torch's own text suggests weights_only=False, which is exactly what is refused: keep only its reason.
+        text = str(e).partition("WeightsUnpickler error:")[2] or str(e)
+        reason = next((line.strip().split(". ")[0] for line in text.splitlines() if line.strip()), type(e).__name__)
         raise CheckpointError(
-            f"{path} could not be loaded as a weights-only checkpoint (it is corrupt, not a checkpoint, or "
-            f"needs code execution to unpickle, which is refused): {str(e).splitlines()[0]}"
+            f"{path} could not be loaded as a weights-only checkpoint (it is corrupt, truncated, not a checkpoint, "
+            f"or needs code execution to unpickle, which is refused): {reason}"
         ) from e
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
-        return obj["model"], obj.get(FORMAT_KEY)
-    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        return obj, None
-    raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict or a {{'model': state_dict}}")
+        state, meta = obj["model"], obj.get(FORMAT_KEY)
+    elif isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        state, meta = obj, None
+    else:
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict or a {{'model': state_dict}}")
+    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{path}: the state dict holds non-tensor entries: {', '.join(map(str, bad[:5]))}")
+    return state, meta
+
+
+def _info_from_meta(meta: object, path: Path) -> ModelInfo:
+    """The ``ModelInfo`` in our metadata (JSON text or a dict), checked: a CheckpointError names what is wrong."""
+    if isinstance(meta, str):
+        try:
+            meta = json.loads(meta)
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{path}: the '{FORMAT_KEY}' metadata is not valid JSON ({e})") from None
+    info = meta.get("info") if isinstance(meta, dict) else None
+    if not isinstance(info, dict):
+        raise CheckpointError(f"{path}: the '{FORMAT_KEY}' metadata has no 'info' object")
+    version = meta.get("format_version", 0)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(f"{path} was written by a newer fastinst-rt (format {version!r})")
+    missing = [k for k in ("name", "config", "class_names", "test_size") if k not in info]
+    if missing or not isinstance(info["config"], dict):
+        raise CheckpointError(f"{path}: the metadata has no {', '.join(repr(k) for k in missing or ['config'])}")
+    try:
+        parsed = ModelInfo.from_dict(info)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: bad metadata: {e}") from None
+    _check_info(parsed, path)
+    return parsed
+
+
+def _check_info(info: ModelInfo, path: Path) -> None:
+    """Bounds of the config and test size, and one class name per classifier output, before anything is built."""
+    from .runtime.preprocess import check_test_size
+
+    try:
+        info.config.check()
+        if len(info.test_size) != 2 or not all(isinstance(v, int) for v in info.test_size):
+            raise ValueError(f"test_size must be two integers, got {list(info.test_size)}")
+        check_test_size(*info.test_size)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: bad metadata: {e}") from None
+    if not all(isinstance(n, str) for n in info.class_names):
+        raise CheckpointError(f"{path}: bad metadata: class_names must be strings")
+    if len(info.class_names) != info.config.num_classes:
+        raise CheckpointError(
+            f"{path}: {len(info.class_names)} class names for a classifier of {info.config.num_classes} classes"
+        )
+
+
+def _check_shapes(config: FastInstConfig, shapes: dict[str, tuple[int, ...]], path: Path) -> None:
+    """Compare the tensor shapes with those ``config`` implies, on the meta device: nothing is allocated."""
+    with torch.device("meta"):
+        _check_keys(_shapes(build_model(config).state_dict()), shapes, path)
 
 
 def _count(state: dict, pattern: str) -> int:
@@ -242,17 +318,15 @@ def official_state_dict(model: FastInst) -> dict[str, torch.Tensor]:
     return out
 
 
-def load_state_strict(model: FastInst, state: dict[str, torch.Tensor], path: Path) -> None:
-    """Load ``state`` (our key names) into ``model``; any missing, unexpected or mis-shaped key is an error that
-    names it (``path`` is only used in the message)."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = [
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in expected
-        if k in state and state[k].shape != expected[k].shape
-    ]
+def _shapes(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in state.items()}
+
+
+def _check_keys(expected: dict[str, tuple[int, ...]], got: dict[str, tuple[int, ...]], path: Path) -> None:
+    """CheckpointError naming missing, unexpected and mis-shaped keys of ``got`` (shapes by key), a few of each."""
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    mismatched = [f"{k}: checkpoint {got[k]} vs model {v}" for k, v in expected.items() if got.get(k, v) != v]
     problems = []
     for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("mis-shaped keys", mismatched)):
         if keys:
@@ -260,7 +334,33 @@ def load_state_strict(model: FastInst, state: dict[str, torch.Tensor], path: Pat
             problems.append(f"{label}: {shown}")
     if problems:
         raise CheckpointError(f"{path} does not match the FastInst architecture: " + "; ".join(problems))
+
+
+def load_state_strict(model: FastInst, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Load ``state`` (our key names) into ``model``; any missing, unexpected or mis-shaped key is an error that
+    names it (``path`` is only used in the message)."""
+    expected = model.state_dict()
+    _check_keys(_shapes(expected), _shapes(state), path)
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
+
+
+def _official_info(state: dict[str, torch.Tensor], path: Path, nheads: int | None) -> ModelInfo:
+    """Architecture from the shapes; name, test size and classes from the zoo entry of that file name, if any."""
+    try:
+        config = config_from_official(state, nheads)
+    except IndexError:  # a tensor of fewer dimensions than its layer has
+        raise CheckpointError(
+            f"{path}: not a FastInst checkpoint (a tensor has the wrong number of dimensions)"
+        ) from None
+    spec = next((s for s in MODELS.values() if s.checkpoint == path.name), None)
+    names = spec.class_names if spec else COCO_CLASSES[: config.num_classes]
+    if len(names) != config.num_classes:
+        names = tuple(f"class{i}" for i in range(config.num_classes))
+    info = ModelInfo(
+        spec.name if spec else path.stem, config, tuple(names), tuple(spec.test_size if spec else DEFAULT_TEST_SIZE)
+    )
+    _check_info(info, path)
+    return info
 
 
 def load_checkpoint(
@@ -268,24 +368,25 @@ def load_checkpoint(
 ) -> tuple[FastInst, ModelInfo]:
     """Build and load a FastInst from an official ``.pth``, our ``.safetensors``/``.pth`` or a zoo name.
 
-    Returns the model in eval mode on ``device`` and its ``ModelInfo``.
+    Everything read from the file is checked before the model is built: the metadata, the config's bounds
+    (``FastInstConfig.check``), one class name per class, and every tensor shape against the config (a
+    ``.safetensors`` header gives the shapes without loading the tensors). Returns the model in eval mode on
+    ``device`` and its ``ModelInfo``; ``CheckpointError`` (a ValueError) names the file and the problem.
     """
     path = resolve(model)
-    state, meta = _read(path)
-    if meta is None:
-        config = config_from_official(state, nheads)
-        spec = next((s for s in MODELS.values() if s.checkpoint == path.name), None)
-        name = spec.name if spec else path.stem
-        test_size = spec.test_size if spec else DEFAULT_TEST_SIZE
-        names = spec.class_names if spec else COCO_CLASSES[: config.num_classes]
-        if len(names) != config.num_classes:
-            names = tuple(f"class{i}" for i in range(config.num_classes))
-        info = ModelInfo(name, config, tuple(names), tuple(test_size))
-        state = _official_to_ours(state)
+    if path.suffix == ".safetensors":
+        shapes, meta = _safetensors_header(path)
+        info = _info_from_meta(meta, path)
+        _check_shapes(info.config, shapes, path)
+        state = _load_safetensors(path)
     else:
-        if meta.get("format_version", 0) > FORMAT_VERSION:
-            raise CheckpointError(f"{path} was written by a newer fastinst-rt (format {meta['format_version']})")
-        info = ModelInfo.from_dict(meta["info"])
+        state, meta = _read_pickle(path)
+        if meta is None:
+            info = _official_info(state, path, nheads)
+            state = _official_to_ours(state)
+        else:
+            info = _info_from_meta(meta, path)
+        _check_shapes(info.config, _shapes(state), path)
     info = ModelInfo(info.name, info.config, info.class_names, info.test_size, str(path), _sha256(path))
     net = build_model(info.config)
     load_state_strict(net, state, path)

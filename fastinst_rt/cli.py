@@ -8,12 +8,17 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 if TYPE_CHECKING:
     from .runtime.segmenter import Segmenter
 
-__all__ = ["main"]
+__all__ = ["main", "USER_ERRORS"]
+
+# What a user's mistake raises: bad paths and unwritable outputs (OSError), bad files and values (ValueError,
+# including CheckpointError and ImageError), unsupported combinations (NotImplementedError, RuntimeError), a missing
+# optional package (ImportError), and a size the machine cannot hold (MemoryError).
+USER_ERRORS = (OSError, ValueError, NotImplementedError, RuntimeError, ImportError, MemoryError)
 
 # A real photo shipped with the package (NASA's public-domain astronaut portrait, via scikit-image's data).
 SAMPLE_PHOTO = str(Path(__file__).parent / "assets" / "astronaut.jpg")
@@ -107,6 +112,10 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 def _cmd_build(args: argparse.Namespace) -> int:
     from fastinst_rt.export.trt_build import build_engine, parse_shape
 
+    from .jobs.outputs import check_writable
+
+    if args.output:
+        check_writable(args.output, "--output")  # before TensorRT spends minutes on the build
     profile = None
     if args.min_shape or args.opt_shape or args.max_shape:
         if not (args.min_shape and args.opt_shape and args.max_shape):
@@ -141,7 +150,11 @@ def _segmenters(args: argparse.Namespace) -> list[tuple[str, Segmenter]]:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .jobs.bench import benchmark, markdown_table, plot_runs, write_json
+    from .jobs.outputs import check_writable
 
+    for output, what in ((args.json, "--json"), (args.plot, "--plot")):
+        if output:
+            check_writable(output, what)  # before any model is loaded or timed
     labels, segs = zip(*_segmenters(args))
     image = args.image or SAMPLE_PHOTO
     runs = benchmark(segs, image, batch=args.batch, warmup=args.warmup, iters=args.iters, labels=labels)
@@ -176,10 +189,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage errors on one line (it prints the whole usage by default); exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="fastinst-rt", description="FastInst instance segmentation: run, export, deploy."
-    )
+    parser = _Parser(prog="fastinst-rt", description="FastInst instance segmentation: run, export, deploy.")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("predict", help="segment an image, a folder of images or a video")
@@ -298,17 +317,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-images", type=int, default=4)
     p.add_argument("--iters", type=int, default=10, help="timed iterations per backend")
     p.set_defaults(func=_cmd_demo)
+    for p in sub.choices.values():  # also accepted after the subcommand; SUPPRESS keeps a --debug given before it
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an error")
     return parser
 
 
+def _one_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return "; ".join(lines) if lines else type(error).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one subcommand; returns the exit status: 0, 2 for a user's mistake (one line on stderr), 130 if stopped.
+
+    The one place where errors meet the user. ``USER_ERRORS`` (bad paths, bad files, bad values, unsupported
+    combinations, a missing optional package, memory) print one line; ``--debug`` re-raises them with the traceback.
+    Anything else is a bug and keeps its traceback.
+    """
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # argparse has printed its one line (or --help)
+        return int(e.code or 0)
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError, NotImplementedError, RuntimeError) as e:
-        # Expected failures (bad paths, bad input, unsupported combinations) get one clear line, not a traceback.
-        print(f"fastinst-rt {args.command}: error: {e}", file=sys.stderr)
+    except USER_ERRORS as e:
+        if args.debug:
+            raise
+        print(f"fastinst-rt {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"fastinst-rt {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

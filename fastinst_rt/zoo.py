@@ -16,7 +16,7 @@ from .modeling.decoder import FastInstDecoder
 from .modeling.fastinst import FastInst
 from .modeling.pixel_decoder import PPMFPN
 
-__all__ = ["FastInstConfig", "ModelSpec", "MODELS", "build_model", "DEFAULT_TEST_SIZE"]
+__all__ = ["FastInstConfig", "ModelSpec", "MODELS", "CONFIG_BOUNDS", "build_model", "DEFAULT_TEST_SIZE"]
 
 RELEASE_URL = "https://github.com/junjiehe96/FastInst/releases/download/v0.1.0/"
 # Test-time resize (short side, long-side cap) when nothing else says which to use: the D3 models' one.
@@ -52,6 +52,34 @@ class FastInstConfig:
         if unknown:
             raise ValueError(f"unknown FastInst config keys: {sorted(unknown)}")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+    def check(self) -> None:
+        """ValueError naming the first field that is of the wrong type or outside ``CONFIG_BOUNDS``.
+
+        The bounds are generous (several times the largest official model) but finite: a config read from a file
+        is checked before a model is built from it, so a forged one cannot ask for an unbounded allocation.
+        """
+        if self.backbone not in ("resnet", "resnet_vd"):
+            raise ValueError(f"unknown backbone {self.backbone!r}; expected 'resnet' or 'resnet_vd'")
+        for name, (low, high) in CONFIG_BOUNDS.items():
+            value = getattr(self, name)
+            values = value if isinstance(value, tuple) else (value,)
+            if name in ("layers", "widths", "out_channels") and len(values) != 4:
+                raise ValueError(f"config {name} must hold 4 stages, got {value!r}")
+            if not all(isinstance(v, int) and not isinstance(v, bool) and low <= v <= high for v in values):
+                raise ValueError(f"config {name} = {value!r} is out of bounds: integers in [{low}, {high}]")
+        if len(self.deform_stages) != 4 or not all(isinstance(v, bool) for v in self.deform_stages):
+            raise ValueError(f"config deform_stages must be 4 booleans, got {self.deform_stages!r}")
+        if self.hidden_dim % self.nheads:
+            raise ValueError(f"config hidden_dim {self.hidden_dim} is not divisible by nheads {self.nheads}")
+
+
+# Inclusive bounds of each integer config field (per stage for the tuples), checked by FastInstConfig.check.
+CONFIG_BOUNDS: dict[str, tuple[int, int]] = {
+    "layers": (1, 64), "stem_width": (1, 1024), "widths": (1, 4096), "out_channels": (1, 16384),
+    "hidden_dim": (1, 4096), "num_classes": (1, 100000), "num_queries": (1, 10000), "num_aux_queries": (0, 10000),
+    "nheads": (1, 256), "dim_feedforward": (1, 65536), "dec_layers": (1, 32), "mask_dim": (1, 4096),
+}  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -76,7 +76,7 @@ def test_bad_datasets_fail_cleanly(seg, photo, tmp_path: Path) -> None:
     bad_ids = tmp_path / "bad_ids.json"
     bad_ids.write_text(json.dumps(data))
     out = tmp_path / "never.json"
-    with pytest.raises(ValueError, match="unknown image ids"):
+    with pytest.raises(ValueError, match="unknown image id"):
         evaluate_coco(seg, bad_ids, tmp_path / "images", json_path=out, progress=False)
     assert not out.exists(), "nothing half-written"
     data = json.loads(ann.read_text())

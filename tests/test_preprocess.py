@@ -203,7 +203,7 @@ def test_resized_size(hw, sizes, expected):
 def test_resized_size_rounds_half_up():
     # 3x2 with short side 3: 4.5 x 3; int(x + 0.5) gives 5 where Python's round() would give 4.
     assert resized_size(3, 2, 3, 100) == (5, 3)
-    assert resized_size(500, 459, 640, 10_000) == (697, 640)  # 697.17
+    assert resized_size(500, 459, 640, 2048) == (697, 640)  # 697.17, no cap (max_size is at most MAX_TEST_SIZE)
     with pytest.raises(ValueError):
         resized_size(0, 10, 640, 853)
 

@@ -9,6 +9,7 @@ Percentiles are over ``iters`` timed iterations after ``warmup`` untimed ones.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import platform
@@ -26,6 +27,7 @@ import numpy as np
 
 from ..runtime.preprocess import load_image
 from ..runtime.segmenter import Segmenter
+from .outputs import write_atomic
 
 __all__ = ["BenchRun", "benchmark", "markdown_table", "plot_runs", "machine_info", "STAGES"]
 
@@ -101,6 +103,8 @@ def benchmark(
     """
     from tqdm import tqdm
 
+    if batch < 1 or iters < 1 or warmup < 0:
+        raise ValueError(f"need batch >= 1, iters >= 1 and warmup >= 0; got {batch}, {iters}, {warmup}")
     rgb = load_image(image) if not isinstance(image, np.ndarray) else image
     images = [rgb] * batch
     labels = list(labels or [s.backend.info.name for s in segmenters])
@@ -215,13 +219,9 @@ def markdown_table(runs: Sequence[BenchRun]) -> str:
 
 def write_json(runs: Sequence[BenchRun], path: str | os.PathLike, extra: dict | None = None) -> None:
     """``{"machine": ..., "runs": [...]}`` written whole (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(
-        json.dumps({"machine": machine_info(), **(extra or {}), "runs": [r.to_dict() for r in runs]}, indent=2)
+    write_atomic(
+        path, json.dumps({"machine": machine_info(), **(extra or {}), "runs": [r.to_dict() for r in runs]}, indent=2)
     )
-    tmp.replace(path)
 
 
 def plot_runs(runs: Sequence[BenchRun], path: str | os.PathLike, title: str = "") -> None:
@@ -258,9 +258,10 @@ def plot_runs(runs: Sequence[BenchRun], path: str | os.PathLike, title: str = ""
     ax.set_title(title or "fastinst-rt latency per stage")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    picture = io.BytesIO()  # rendered in memory, then written whole (never a half-written file)
+    fig.savefig(picture, format=Path(path).suffix.lstrip(".").lower() or "png", dpi=120)
     plt.close(fig)
+    write_atomic(path, picture.getvalue())
 
 
 def _wrap(name: str, width: int = 20) -> str:

@@ -12,10 +12,11 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 
 import cv2
 import numpy as np
+
+from .outputs import check_writable
 
 __all__ = ["run_demo", "DEMO_MODEL"]
 
@@ -58,7 +59,7 @@ def run_demo(
     from .bench import benchmark, markdown_table, plot_runs, write_json
 
     start = time.perf_counter()
-    out = Path(output)
+    out = check_writable(output, "--output", folder=True)
     out.mkdir(parents=True, exist_ok=True)
     _say(f"[demo] generating {num_images} sample images", quiet)
     ann = make_synthetic_dataset(out / "samples", num_images, seed=_SAMPLE_SEED, size=_SAMPLE_SIZE)

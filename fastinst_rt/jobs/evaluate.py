@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from ..runtime.segmenter import Segmenter
+from .coco_checks import check_coco_instances
+from .outputs import check_writable, write_atomic
 
 __all__ = ["evaluate_coco", "category_mapping", "STAT_NAMES"]
 
@@ -54,13 +56,7 @@ def _load_ground_truth(coco_json: str | os.PathLike, images: str | os.PathLike):
         data = json.loads(coco_json.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{coco_json} is not valid JSON: {e}") from e
-    for key in ("images", "annotations", "categories"):
-        if key not in data:
-            raise ValueError(f"{coco_json} is not a COCO instances file: no '{key}'")
-    image_ids = {im["id"] for im in data["images"]}
-    unknown = sorted({a["image_id"] for a in data["annotations"]} - image_ids)
-    if unknown:
-        raise ValueError(f"{coco_json}: annotations refer to unknown image ids {unknown[:10]}")
+    check_coco_instances(data, coco_json)  # pycocotools would crash (KeyError, bare Exception) or hang otherwise
     missing = [im["file_name"] for im in data["images"] if not (images / im["file_name"]).is_file()]
     if missing:
         raise FileNotFoundError(f"{len(missing)} image(s) of {coco_json.name} are not in {images}: {missing[:5]}")
@@ -100,7 +96,7 @@ def evaluate_coco(
     Args:
         segmenter: any backend; for official numbers use ``conf=0.0, max_det=100``.
         coco_json: COCO instances annotations. images: the folder holding their ``file_name``s.
-        max_images: evaluate the first N images (sorted by id) only.
+        max_images: evaluate the first N images (sorted by id) only; N >= 1.
         json_path: also write the result here (written whole or not at all).
     Returns:
         ``{"segm": {"AP", "AP50", "AP75", "APs", "APm", "APl"}, "bbox": {...}, "images": N, "instances": M,
@@ -108,6 +104,10 @@ def evaluate_coco(
     """
     from tqdm import tqdm
 
+    if max_images is not None and max_images < 1:
+        raise ValueError(f"--max-images must be a positive number of images, got {max_images}")
+    if json_path:
+        check_writable(json_path, "--json")  # before any image is run
     coco = _load_ground_truth(coco_json, images)
     category_ids = category_mapping(tuple(segmenter.class_names), coco.dataset["categories"])
     image_ids = sorted(coco.getImgIds())[:max_images]
@@ -134,11 +134,7 @@ def evaluate_coco(
         "speed": {k: v / n for k, v in totals.items()},
     }
     if json_path:
-        path = Path(json_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(result, indent=2, default=_json_default))
-        tmp.replace(path)
+        write_atomic(json_path, json.dumps(result, indent=2, default=_json_default))
     return result
 
 

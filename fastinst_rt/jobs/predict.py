@@ -14,6 +14,7 @@ import numpy as np
 from ..coco import COCO_CATEGORY_IDS, COCO_CLASSES
 from ..runtime.preprocess import load_image
 from ..runtime.segmenter import Segmenter
+from .outputs import check_writable, write_atomic
 
 __all__ = ["IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "PredictSummary", "iter_frames", "predict_source"]
 
@@ -82,6 +83,9 @@ def predict_source(
     """
     from tqdm import tqdm
 
+    for output, what, folder in ((save_dir, "--save", True), (json_path, "--json", False)):
+        if output:
+            check_writable(output, what, folder)  # before any frame is run
     count, frames = iter_frames(source)
     is_video = Path(source).suffix.lower() in VIDEO_SUFFIXES
     out_dir = Path(save_dir) if save_dir else None
@@ -120,10 +124,6 @@ def predict_source(
             writer.release()
     summary.speed = {k: v / max(summary.frames, 1) for k, v in totals.items()}
     if json_path:
-        json_path = Path(json_path)
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = json_path.with_suffix(json_path.suffix + ".tmp")
-        tmp.write_text(json.dumps(records))
-        tmp.replace(json_path)  # never leave a half-written JSON behind
+        write_atomic(json_path, json.dumps(records))  # never leave a half-written JSON behind
         summary.written.append(str(json_path))
     return summary

@@ -19,9 +19,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = [
     "MAX_SIDE",
+    "MAX_TEST_SIZE",
     "ImageError",
     "ImageSource",
     "PreprocessInfo",
+    "check_test_size",
     "load_image",
     "pad_batch",
     "prepare",
@@ -31,6 +33,10 @@ __all__ = [
 
 #: Largest accepted image side in pixels; anything larger is almost surely a mistake (and would need gigabytes).
 MAX_SIDE = 2**15
+#: Largest accepted test-time resize (``max_size``, hence every side of a resized image), in pixels: 2.4x the largest
+#: official test size (853). The masks are computed at this size: 100 of them at 2048x2048 already take 1.6 GB as
+#: float32, and memory grows with the square of the side (100000 took 22 GB before any model ran).
+MAX_TEST_SIZE = 2048
 
 ImageSource = Union[str, os.PathLike, Image.Image, np.ndarray]
 
@@ -145,12 +151,22 @@ def _check_size(h: int, w: int) -> None:
         raise ValueError(f"image of {h}x{w} pixels is too large: each side must be at most {MAX_SIDE}")
 
 
+def check_test_size(min_size: int, max_size: int) -> None:
+    """Refuse a test-time resize outside ``32 <= min_size <= max_size <= MAX_TEST_SIZE`` (ValueError naming both)."""
+    if not 32 <= min_size <= max_size <= MAX_TEST_SIZE:
+        raise ValueError(
+            f"bad test size {min_size}/{max_size}: need 32 <= min_size <= max_size <= {MAX_TEST_SIZE} (MAX_TEST_SIZE)"
+        )
+
+
 def resized_size(h: int, w: int, min_size: int, max_size: int) -> tuple[int, int]:
     """Output size of Detectron2's ``ResizeShortestEdge`` for an ``h`` x ``w`` image, as ``(new_h, new_w)``.
 
     The short side becomes ``min_size``; if the long side then exceeds ``max_size``, both are scaled down so it is
     ``max_size``. Each side is rounded as ``int(x + 0.5)``, e.g. 480x640 -> (640, 853) with 640/853 and
-    (576, 768) with 576/777.
+    (576, 768) with 576/777. A side that would round to 0 (an image of extreme aspect ratio, e.g. 1x30000) is kept
+    at 1 pixel, where the official code fails. Pure arithmetic (training uses it uncapped); ``prepare`` bounds the
+    test-time sizes.
     """
     if h < 1 or w < 1 or min_size < 1 or max_size < 1:
         raise ValueError(f"sizes must be positive, got h={h} w={w} min_size={min_size} max_size={max_size}")
@@ -164,7 +180,7 @@ def resized_size(h: int, w: int, min_size: int, max_size: int) -> tuple[int, int
         scale = max_size * 1.0 / max(newh, neww)
         newh = newh * scale
         neww = neww * scale
-    return int(newh + 0.5), int(neww + 0.5)
+    return max(1, int(newh + 0.5)), max(1, int(neww + 0.5))
 
 
 def resize_image(rgb: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
@@ -244,9 +260,13 @@ def prepare(
         ``(batch, sizes, infos)``: the (B, 3, Hp, Wp) uint8 batch (Hp, Wp = ``fixed_size`` when given, else as
         ``pad_batch`` pads), the (B, 2) int64 resized (h, w) of each image (the backends' ``sizes`` input), and one
         ``PreprocessInfo`` per image.
+
+    Raises:
+        ValueError: no image, or sizes outside ``32 <= min_size <= max_size <= MAX_TEST_SIZE`` (``check_test_size``).
     """
     if len(images) == 0:
         raise ValueError("prepare needs at least one image")
+    check_test_size(min_size, max_size)  # a resize target of 100000 would need tens of GB before any check
     resized, infos = [], []
     for im in images:
         h, w = im.shape[:2]

@@ -15,7 +15,7 @@ import numpy as np
 
 from .backends import Backend, open_backend
 from .postprocess import instances_from_pairs
-from .preprocess import ImageSource, PreprocessInfo, load_image, prepare
+from .preprocess import ImageSource, PreprocessInfo, check_test_size, load_image, prepare
 from .results import Results
 
 __all__ = ["Segmenter"]
@@ -32,6 +32,7 @@ class Segmenter:
         conf: minimum score of a returned instance. 0.0 with ``max_det=100`` gives the official evaluation output.
         max_det: at most this many instances (query-class pairs) per image.
         min_size, max_size: test-time resize (short side, long-side cap); default the model's (e.g. 576/777).
+            ``32 <= min_size <= max_size <= MAX_TEST_SIZE`` (2048, ``preprocess.MAX_TEST_SIZE``).
         half: float16 inference (torch on CUDA; ONNX and engine precision is chosen at export/build).
         cuda_graph: replay CUDA graphs (torch and TensorRT on CUDA): less launch overhead at batch 1.
 
@@ -60,13 +61,15 @@ class Segmenter:
             raise ValueError(f"conf must be in [0, 1], got {conf}")
         if max_det < 1:
             raise ValueError(f"max_det must be positive, got {max_det}")
+        if min_size is not None and max_size is not None:
+            check_test_size(min_size, max_size)  # before the model is loaded: a bad size is refused at once
+        self.closed = False
         self.backend = model if isinstance(model, Backend) else open_backend(model, backend, device, half, cuda_graph)
         info = self.backend.info
         self.conf, self.max_det = conf, max_det
         self.min_size = int(min_size or info.test_size[0])
         self.max_size = int(max_size or info.test_size[1])
-        if self.min_size < 32 or self.max_size < self.min_size:
-            raise ValueError(f"bad test size {self.min_size}/{self.max_size}: need 32 <= min_size <= max_size")
+        check_test_size(self.min_size, self.max_size)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -89,10 +92,13 @@ class Segmenter:
         The images are padded to a common size, so results can differ slightly from one-by-one ``predict``
         (the official evaluation runs batch 1). Returns one ``Results`` per image.
         """
+        if self.closed:
+            raise RuntimeError("this Segmenter is closed; create a new one to predict")
         if len(images) == 0:
             return []
         t0 = time.perf_counter()
         batch, sizes, metas = self.prepare([load_image(im, color) for im in images])
+        self._check_positions(batch.shape[-2:], metas)
         t1 = time.perf_counter()
         out = self.backend.infer(batch, sizes, max_det=self.max_det)  # the selected pairs, whatever the backend
         t2 = time.perf_counter()
@@ -124,8 +130,25 @@ class Segmenter:
         info = self.backend.info
         return prepare(rgb, self.min_size, self.max_size, info.size_divisibility, info.fixed_size)
 
+    def _check_positions(self, padded: tuple[int, ...], metas: list[PreprocessInfo]) -> None:
+        """Refuse a batch too small for the query selection (an image of extreme aspect ratio, e.g. 1x30000):
+        the network picks ``num_queries`` positions of its 1/16 feature map, and fails deep inside otherwise."""
+        q, (h, w) = self.backend.info.num_queries, padded
+        positions = (h // 16) * (w // 16)
+        if q is None or positions >= q:
+            return
+        sizes = ", ".join(f"{m.orig_size[0]}x{m.orig_size[1]}" for m in metas)
+        raise ValueError(
+            f"image of {sizes} (HxW) pixels is too thin for this model: resized to at most {self.min_size}/"
+            f"{self.max_size} and padded to {h}x{w}, it has {positions} positions at 1/16, fewer than the {q} queries; "
+            "crop or pad it"
+        )
+
     def close(self) -> None:
-        self.backend.close()
+        """Release the model; ``predict`` then refuses. Closing twice is harmless."""
+        if not self.closed:
+            self.closed = True
+            self.backend.close()
 
     def __enter__(self) -> Segmenter:
         return self

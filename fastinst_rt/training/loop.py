@@ -27,6 +27,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..checkpoint import FORMAT_KEY, FORMAT_VERSION, ModelInfo, load_checkpoint, load_state_strict, save_checkpoint
+from ..jobs.outputs import check_writable
 from ..modeling.fastinst import FastInst
 from ..zoo import MODELS, build_model
 from .criterion import SetCriterion
@@ -215,6 +216,8 @@ def train(config: TrainConfig) -> Path:
     rank, world = _distributed()
     if config.batch % world:
         raise ValueError(f"batch {config.batch} is not divisible by the {world} workers")
+    if rank == 0:
+        check_writable(config.output, "--output", folder=True)  # before any iteration, not at the first checkpoint
     for seed_fn in (torch.manual_seed, np.random.seed, random.seed):
         seed_fn(config.seed + rank)
     device = _device(config, world)

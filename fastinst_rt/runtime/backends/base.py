@@ -32,6 +32,7 @@ class BackendInfo:
     max_batch: int | None = None  # largest batch the artifact takes (None: any)
     fixed_batch: bool = True  # whether it takes exactly max_batch images (a static graph) or up to max_batch
     outputs: str = "raw"  # what ``_run`` returns: "raw" head outputs or "e2e" pairs selected in the graph
+    num_queries: int | None = None  # queries selected from the 1/16 map: a padded input needs that many positions
 
     @property
     def num_classes(self) -> int:
@@ -41,7 +42,7 @@ class BackendInfo:
     def from_meta(cls, meta: ArtifactMeta, max_batch: int | None, fixed_batch: bool) -> BackendInfo:
         """The info of an export (or an engine built from one)."""
         return cls(meta.model, meta.class_names, meta.test_size, meta.size_divisibility, meta.fixed_size,
-                   max_batch, fixed_batch, meta.outputs)  # fmt: skip
+                   max_batch, fixed_batch, meta.outputs, meta.num_queries)  # fmt: skip
 
 
 class Backend(ABC):

@@ -39,7 +39,10 @@ class TorchBackend(Backend):
         info: ModelInfo | None = None,
         cuda_graph: bool = False,
     ) -> None:
-        self.device = torch.device(device or default_device())
+        try:
+            self.device = torch.device(device or default_device())
+        except RuntimeError:  # torch's message lists every device type it knows
+            raise ValueError(f"unknown device {device!r}; expected cpu, cuda or cuda:N") from None
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError(f"device {device!r} requested but CUDA is not available to this PyTorch")
         if half and self.device.type != "cuda":
@@ -59,7 +62,7 @@ class TorchBackend(Backend):
         self.half = half
         # The official selection thresholds against float32 statistics; keep the pixel statistics in float32.
         self.model.pixel_mean, self.model.pixel_std = self.model.pixel_mean.float(), self.model.pixel_std.float()
-        super().__init__(BackendInfo(info.name, info.class_names, info.test_size))
+        super().__init__(BackendInfo(info.name, info.class_names, info.test_size, num_queries=info.config.num_queries))
 
     def _forward(self, images: torch.Tensor, sizes: torch.Tensor) -> dict[str, torch.Tensor]:
         x = self.model.normalize(images, sizes)
