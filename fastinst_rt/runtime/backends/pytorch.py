@@ -62,7 +62,7 @@ class TorchBackend(Backend):
         self.half = half
         # The official selection thresholds against float32 statistics; keep the pixel statistics in float32.
         self.model.pixel_mean, self.model.pixel_std = self.model.pixel_mean.float(), self.model.pixel_std.float()
-        super().__init__(BackendInfo(info.name, info.class_names, info.test_size, num_queries=info.config.num_queries))
+        super().__init__(BackendInfo(info.name, info.class_names, info.test_size, num_queries=net.decoder.num_queries))
 
     def _forward(self, images: torch.Tensor, sizes: torch.Tensor) -> dict[str, torch.Tensor]:
         x = self.model.normalize(images, sizes)
