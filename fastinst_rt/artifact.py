@@ -30,6 +30,7 @@ __all__ = [
     "PRECISIONS",
     "DCN_FORMS",
     "MAX_SIDE",
+    "MAX_TEST_SIZE",
     "ArtifactError",
     "EngineMismatchError",
     "ArtifactMeta",
@@ -51,6 +52,10 @@ OUTPUT_NAMES = {"raw": ("pred_logits", "pred_masks"), "e2e": ("scores", "labels"
 PRECISIONS = ("fp32", "fp16", "int8")
 DCN_FORMS = ("none", "onnx", "trt-plugin")  # no DCN, ONNX DeformConv-19, TensorRT's ModulatedDeformConv2d plugin
 MAX_SIDE = 2**15  # largest input side an artifact may declare (the runtime's image side limit)
+#: Largest test-time resize (``max_size``, hence every side of a resized image), in pixels: 2.4x the largest
+#: official test size (853). The masks are computed at this size: 100 of them at 2048x2048 already take 1.6 GB as
+#: float32, and memory grows with the square of the side (100000 took 22 GB before any model ran).
+MAX_TEST_SIZE = 2048
 MAX_BATCH = 1024
 MAX_CLASSES = 100_000
 
@@ -219,8 +224,8 @@ class ArtifactMeta:
         ):
             raise f.fail("class_names", f"a list of 1..{MAX_CLASSES} strings")
         short, long = f.size("test_size", lo=1)
-        if not 32 <= short <= long:
-            raise f.fail("test_size", "[short side, long-side cap] with 32 <= short <= cap")
+        if not 32 <= short <= long <= MAX_TEST_SIZE:
+            raise f.fail("test_size", f"[short side, long-side cap] with 32 <= short <= cap <= {MAX_TEST_SIZE}")
         div = f.integer("size_divisibility", 1, 1024, default=32)
         outputs = f.text("outputs", choices=tuple(OUTPUT_NAMES))
         dynamic = f.flag("dynamic", default=False)

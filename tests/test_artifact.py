@@ -81,6 +81,7 @@ def test_metadata_round_trips(graphs: dict[str, Path]) -> None:
         ("test_size", "[-1, 5]"),
         ("test_size", "[1000000000, 1000000000]"),
         ("test_size", "[320, 427, 1]"),
+        ("test_size", "[5000, 5000]"),  # well-formed, but over the bounded test-time resize (MAX_TEST_SIZE)
         ("batch", "0"),
         ("precision", '"int4"'),
     ],

@@ -17,6 +17,8 @@ from typing import Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..artifact import MAX_TEST_SIZE  # the bound of the test-time resize, shared with the artifact format
+
 __all__ = [
     "MAX_SIDE",
     "MAX_TEST_SIZE",
@@ -33,10 +35,6 @@ __all__ = [
 
 #: Largest accepted image side in pixels; anything larger is almost surely a mistake (and would need gigabytes).
 MAX_SIDE = 2**15
-#: Largest accepted test-time resize (``max_size``, hence every side of a resized image), in pixels: 2.4x the largest
-#: official test size (853). The masks are computed at this size: 100 of them at 2048x2048 already take 1.6 GB as
-#: float32, and memory grows with the square of the side (100000 took 22 GB before any model ran).
-MAX_TEST_SIZE = 2048
 
 ImageSource = Union[str, os.PathLike, Image.Image, np.ndarray]
 
