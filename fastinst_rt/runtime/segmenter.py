@@ -25,8 +25,9 @@ class Segmenter:
     """Instance segmentation with a FastInst model.
 
     Args:
-        model: an official FastInst ``.pth``, our ``.safetensors``, a zoo name (e.g. "fastinst-r50-d1"), or a
-            ``Backend`` already opened.
+        model: an official FastInst ``.pth``, our ``.safetensors``, a zoo name (e.g. "fastinst-r50-d1"), a
+            ``Backend`` already opened, or the URL of a ``fastinst-rt serve`` server ("http://host:8000": the
+            instance is then a ``fastinst_rt.serving.Client``, and the server chooses backend, device and size).
         backend: "torch", "onnxruntime" or "tensorrt"; default from the file type.
         device: "cpu", "cuda", "cuda:1"; default CUDA when available (torch backend).
         conf: minimum score of a returned instance. 0.0 with ``max_det=100`` gives the official evaluation output.
@@ -43,6 +44,14 @@ class Segmenter:
         for name, score, box in zip(res.names, res.scores, res.boxes):
             print(name, score, box)
     """
+
+    def __new__(cls, model: str | os.PathLike | Backend, *args: object, **kwargs: object) -> Segmenter:
+        # A server URL gives the HTTP client (a Segmenter whose predict runs on `fastinst-rt serve`).
+        if cls is Segmenter and isinstance(model, str) and model.startswith(("http://", "https://")):
+            from ..serving.client import Client
+
+            return super().__new__(Client)
+        return super().__new__(cls)
 
     def __init__(
         self,

@@ -1,0 +1,60 @@
+"""Start (and stop) the Serve application on a Ray cluster: what ``fastinst-rt serve`` runs."""
+
+from __future__ import annotations
+
+import time
+
+import ray
+from ray import serve
+
+from .app import ServeConfig, build_app
+
+__all__ = ["start_server", "stop_server", "serve_until_interrupted"]
+
+
+def start_server(
+    config: ServeConfig,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    address: str | None = None,
+    name: str = "fastinst",
+    route_prefix: str = "/",
+    num_cpus: int | None = None,
+) -> str:
+    """Deploy ``config`` and wait until every replica is up; returns the base URL (``http://host:port`` + prefix).
+
+    Args:
+        address: a running Ray cluster ("auto", "ip:6379"); None starts a local one (``num_cpus`` logical CPUs).
+        name, route_prefix: the Serve application; several (e.g. two models) can share one HTTP proxy.
+    Serve has one HTTP proxy per cluster: ``host``/``port`` apply when this call starts Serve, and are refused if
+    Serve already listens elsewhere.
+    """
+    if not ray.is_initialized():
+        if address is None:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+        else:
+            ray.init(address=address, log_to_driver=False)
+    serve.start(http_options={"host": host, "port": port})
+    gpus = float(ray.cluster_resources().get("GPU", 0.0))
+    serve.run(build_app(config, gpus), name=name, route_prefix=route_prefix, blocking=False)
+    prefix = "" if route_prefix == "/" else route_prefix
+    return f"http://{host}:{port}{prefix}"
+
+
+def stop_server(name: str | None = None) -> None:
+    """Delete one application (``name``), or shut Serve down entirely (None)."""
+    if name is None:
+        serve.shutdown()
+    else:
+        serve.delete(name)
+
+
+def serve_until_interrupted(poll_s: float = 1.0) -> None:
+    """Block until Ctrl-C (or SIGTERM turned into KeyboardInterrupt), then shut Serve down."""
+    try:
+        while True:
+            time.sleep(poll_s)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        serve.shutdown()
