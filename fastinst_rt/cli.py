@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
+from .serving import cli as serving_cli
+
 if TYPE_CHECKING:
     from .runtime.segmenter import Segmenter
 
@@ -33,6 +35,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    if args.ray:
+        return serving_cli.cmd_predict_ray(args)
     from .jobs.predict import predict_source
     from .runtime.segmenter import Segmenter
 
@@ -210,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="FILE", help="write COCO-style results here")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     _add_model_options(p)
+    serving_cli.add_ray_options(p)
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("info", help="describe a checkpoint or artifact: variant, architecture, classes, test size")
@@ -317,6 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-images", type=int, default=4)
     p.add_argument("--iters", type=int, default=10, help="timed iterations per backend")
     p.set_defaults(func=_cmd_demo)
+
+    serving_cli.add_serve_parser(sub, _add_model_options)
+    serving_cli.add_export_triton_parser(sub)
     for p in sub.choices.values():  # also accepted after the subcommand; SUPPRESS keeps a --debug given before it
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an error")
     return parser

@@ -1,0 +1,100 @@
+"""Argument wiring of the scale-out subcommands (``serve``, ``export-triton``, ``predict --ray``), kept out of
+``fastinst_rt/cli.py``. Importing this module imports neither Ray nor tritonclient: the commands import them."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+__all__ = ["add_serve_parser", "add_export_triton_parser", "add_ray_options", "cmd_predict_ray"]
+
+
+def add_serve_parser(sub: argparse._SubParsersAction, add_model_options: Callable) -> None:
+    p = sub.add_parser("serve", help="serve a model over HTTP on Ray Serve (replicas, dynamic batching)")
+    p.add_argument("model", help="checkpoint, artifact or zoo name (a path must exist on every node)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+    p.add_argument("--replicas", type=int, default=1, help="replicas (the minimum with --max-replicas); one per GPU")
+    p.add_argument("--max-replicas", type=int, help="autoscale between --replicas and this many")
+    p.add_argument("--max-batch", type=int, default=8, help="largest dynamic batch (default 8)")
+    p.add_argument("--batch-wait-ms", type=float, default=10.0, help="longest wait to fill a batch (default 10)")
+    p.add_argument("--max-queued", type=int, default=64, help="waiting requests beyond which 503 (default 64)")
+    p.add_argument("--replica-cpus", type=float, default=1.0, help="logical CPUs per replica (default 1)")
+    p.add_argument("--conf", type=float, default=0.3, help="default minimum score (a request's conf overrides)")
+    p.add_argument("--max-det", type=int, default=100, help="default instances per image (max_det overrides)")
+    p.add_argument("--address", help="a running Ray cluster (default: start a local one)")
+    add_model_options(p)
+    p.set_defaults(func=_cmd_serve)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .app import ServeConfig
+    from .server import serve_until_interrupted, start_server
+
+    if args.half:
+        raise ValueError("serve takes --half through the artifact: serve an --fp16 export or engine")
+    config = ServeConfig(
+        args.model, backend=args.backend, device=args.device, conf=args.conf, max_det=args.max_det,
+        min_size=args.min_size, max_size=args.max_size, replicas=args.replicas, max_replicas=args.max_replicas,
+        max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, max_queued=args.max_queued,
+        num_cpus=args.replica_cpus,
+    )  # fmt: skip
+    url = start_server(config, host=args.host, port=args.port, address=args.address)
+    print(f"serving {args.model} at {url}/v1/segment ({args.replicas} replica(s), batch <= {args.max_batch}); "
+          "Ctrl-C stops", flush=True)  # fmt: skip
+    serve_until_interrupted()
+    return 0
+
+
+def add_ray_options(p: argparse.ArgumentParser) -> None:
+    """``predict``'s options for the Ray Data path."""
+    p.add_argument("--ray", action="store_true", help="run on Ray Data: an actor pool, sharded durable results")
+    p.add_argument("--address", help="with --ray: a running Ray cluster (default: start a local one)")
+    p.add_argument("--workers", type=int, help="with --ray: Segmenter actors (default one per GPU, else per CPU)")
+    p.add_argument("--shard-size", type=int, default=64, help="with --ray: images per result shard (default 64)")
+
+
+def cmd_predict_ray(args: argparse.Namespace) -> int:
+    from .batch import predict_ray
+
+    if not args.json:
+        raise ValueError("predict --ray writes its results with --json OUT (shards beside it in OUT.shards/)")
+    if args.save:
+        raise ValueError("predict --ray writes JSON only; --save (annotated pictures) runs without --ray")
+    if args.half:
+        raise ValueError("predict --ray takes precision from the artifact: use an --fp16 export or engine")
+    summary = predict_ray(
+        args.model, args.source, args.json, workers=args.workers, address=args.address, shard_size=args.shard_size,
+        progress=not args.quiet, backend=args.backend, device=args.device, conf=args.conf, max_det=args.max_det,
+        min_size=args.min_size, max_size=args.max_size,
+    )  # fmt: skip
+    print(f"{summary.images} image(s), {summary.instances} instance(s) at conf >= {args.conf}; "
+          f"{summary.shards_written} shard(s) written, {summary.shards_skipped} already there")  # fmt: skip
+    for name, reason in summary.errors.items():
+        print(f"skipped {name}: {reason}")
+    for path in summary.written:
+        print(f"wrote {path}")
+    return 0
+
+
+def add_export_triton_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export-triton", help="write a Triton Inference Server model repository for an artifact")
+    p.add_argument("artifact", help="an .onnx export or an .engine/.plan with its sidecar")
+    p.add_argument("--repo", required=True, help="model repository folder (DIR/<name>/1/model.onnx|plan)")
+    p.add_argument("--name", help="model name in the repository (default: the artifact's file stem)")
+    p.add_argument("--max-batch", type=int, default=8, help="max_batch_size of a dynamic-batch artifact (default 8)")
+    p.add_argument("--instances", type=int, default=1, help="model instances per GPU (default 1)")
+    p.add_argument("--kind", choices=("gpu", "cpu"), default="gpu", help="instance_group kind (default gpu)")
+    p.add_argument("--max-queue-delay-us", type=int, default=2000, help="dynamic batcher wait (default 2000)")
+    p.set_defaults(func=_cmd_export_triton)
+
+
+def _cmd_export_triton(args: argparse.Namespace) -> int:
+    from fastinst_rt.export.triton import write_model_repository
+
+    config = write_model_repository(
+        args.artifact, args.repo, name=args.name, max_batch=args.max_batch, instances=args.instances,
+        kind=args.kind, max_queue_delay_us=args.max_queue_delay_us,
+    )  # fmt: skip
+    print(f"wrote {config.parent}/ ({config.name} and 1/)")
+    return 0
