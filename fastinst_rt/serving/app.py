@@ -182,16 +182,22 @@ class _TooLarge(ValueError):
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refused (413) past ``limit`` bytes: by Content-Length before reading, else while streaming."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _TooLarge(f"request body of {int(declared)} bytes is over the limit of {limit} bytes")
+    """The body, refused (413) past ``limit`` bytes.
+
+    An oversized body is still read to its end (discarded, up to 8 x ``limit``) before the answer: a client that
+    is still sending when the connection closes sees a reset instead of the 413 and its reason.
+    """
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > limit:
-            raise _TooLarge(f"request body is over the limit of {limit} bytes")
-        chunks.append(chunk)
+        if size <= limit:
+            chunks.append(chunk)
+        elif size > 8 * limit:
+            break
+    if size > limit:
+        declared = request.headers.get("content-length")
+        size_text = f"{declared} bytes" if declared and declared.isdigit() else "over the limit"
+        raise _TooLarge(f"request body of {size_text} is over the limit of {limit} bytes")
     return b"".join(chunks)
 
 

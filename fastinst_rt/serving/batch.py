@@ -156,9 +156,7 @@ def _run_pool(
             f"{workers} CPU workers need {workers + READ_CPUS} CPUs (one each, plus {READ_CPUS} for "
             f"reading) but the cluster has {cpus:g}: use --workers {max(1, int(cpus - READ_CPUS))}"
         )
-    ds = ray.data.read_binary_files(
-        [str(p) for p in paths], include_paths=True, ray_remote_args={"num_cpus": READ_CPUS}
-    )
+    ds = ray.data.read_binary_files([str(p) for p in paths], include_paths=True, num_cpus=READ_CPUS)
     ds = ds.map_batches(
         _Predictor, fn_constructor_kwargs={"model": model, "options": options}, batch_size=batch_size,
         concurrency=workers, num_gpus=1 if use_gpu else 0, num_cpus=0 if use_gpu else 1, batch_format="numpy",
