@@ -31,6 +31,7 @@ from fastinst_rt.serving.app import ServeConfig  # noqa: E402
 from fastinst_rt.serving.server import start_server, stop_server  # noqa: E402
 from fastinst_rt.training.synth import make_synthetic_dataset  # noqa: E402
 
+pytestmark = pytest.mark.ray
 MODEL = "fastinst-demo"
 
 
