@@ -45,7 +45,7 @@ class Segmenter:
             print(name, score, box)
     """
 
-    def __new__(cls, model: str | os.PathLike | Backend, *args: object, **kwargs: object) -> Segmenter:
+    def __new__(cls, model: str | os.PathLike | Backend | None = None, *args: object, **kwargs: object) -> Segmenter:
         # A server URL gives the HTTP client (a Segmenter whose predict runs on `fastinst-rt serve`).
         if cls is Segmenter and isinstance(model, str) and model.startswith(("http://", "https://")):
             from ..serving.client import Client

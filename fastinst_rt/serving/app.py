@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -62,7 +62,6 @@ class ServeConfig:
     num_cpus: float = 1.0
     num_gpus: float | None = None
     max_body_bytes: int = MAX_BODY_BYTES
-    extra: dict[str, Any] = field(default_factory=dict)  # free-form, reported by /v1/model
 
 
 class BadRequest(ValueError):
