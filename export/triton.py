@@ -28,7 +28,7 @@ TRITON_DTYPES = {"uint8": "TYPE_UINT8", "int32": "TYPE_INT32", "int64": "TYPE_IN
                  "float32": "TYPE_FP32", "bool": "TYPE_BOOL"}  # fmt: skip
 # The artifact output contract: outputs are float32 whatever the precision (export casts back), labels int64.
 _OUTPUT_DTYPES = {"pred_logits": "float32", "pred_masks": "float32", "scores": "float32", "labels": "int64",
-                  "masks": "float32", "boxes": "float32"}  # fmt: skip
+                  "query": "int64", "masks": "float32", "boxes": "float32"}  # fmt: skip
 
 
 def _read_artifact(path: Path) -> tuple[str, dict[str, Any], dict[str, Any] | None]:
@@ -67,7 +67,7 @@ def artifact_io(meta: dict[str, Any], sidecar: dict[str, Any] | None = None) -> 
     mh, mw = (h // stride, w // stride) if fixed else (-1, -1)
     n, q, k1 = meta.get("max_det"), int(meta.get("num_queries", 0)), len(meta["class_names"]) + 1
     dims = {"images": [3, h, w], "sizes": [2], "pred_logits": [q, k1], "pred_masks": [q, mh, mw],
-            "scores": [n], "labels": [n], "masks": [n, mh, mw], "boxes": [n, 4]}  # fmt: skip
+            "scores": [n], "labels": [n], "query": [n], "masks": [n, mh, mw], "boxes": [n, 4]}  # fmt: skip
     int64_ok = sidecar is None or int(str(sidecar.get("tensorrt", "10")).split(".")[0]) >= 9
     out: dict[str, dict[str, Any]] = {}
     for spec in meta["inputs"]:
