@@ -216,6 +216,8 @@ def build_app(config: ServeConfig, gpus_in_cluster: float = 0.0) -> serve.Applic
         # A replica holds one batch; the rest wait in Serve's queue, up to max_queued, then get 503.
         "max_ongoing_requests": config.max_batch,
         "max_queued_requests": config.max_queued,
+        # A model that cannot load fails the same way every time: give up after a few tries, not Serve's default.
+        "max_constructor_retry_count": 3,
     }
     if config.max_replicas is not None:
         if config.max_replicas < config.replicas:

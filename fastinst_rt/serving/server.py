@@ -36,9 +36,25 @@ def start_server(
             ray.init(address=address, log_to_driver=False)
     serve.start(http_options={"host": host, "port": port})
     gpus = float(ray.cluster_resources().get("GPU", 0.0))
-    serve.run(build_app(config, gpus), name=name, route_prefix=route_prefix, blocking=False)
+    try:
+        serve.run(build_app(config, gpus), name=name, route_prefix=route_prefix, blocking=False)
+    except RuntimeError as e:
+        reason = _failure_reason(name, e)
+        serve.delete(name)  # leave no failed application behind on a shared cluster
+        raise RuntimeError(f"the replicas of {config.model} did not start: {reason}") from None
     prefix = "" if route_prefix == "/" else route_prefix
     return f"http://{host}:{port}{prefix}"
+
+
+def _failure_reason(name: str, error: Exception) -> str:
+    """The last line of the failed replicas' traceback (e.g. "FileNotFoundError: no such ONNX file: x.onnx")."""
+    try:
+        deployments = serve.status().applications[name].deployments.values()
+        text = "\n".join(d.message for d in deployments if d.message) or str(error)
+    except (KeyError, RuntimeError):
+        text = str(error)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
 
 
 def stop_server(name: str | None = None) -> None:
