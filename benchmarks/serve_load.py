@@ -161,7 +161,7 @@ def main() -> None:
     image = Path(SAMPLE_PHOTO).read_bytes()
     result = {"machine": machine(), "model": MODEL, "image": "fastinst_rt/assets/astronaut.jpg (512x512)",
               "clients": args.clients}  # fmt: skip
-    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
     try:
         result["batching"] = batching(args.port, image, args.rounds, args.clients, args.requests)
         result["queue_limit"] = queue_limit(args.port, image)

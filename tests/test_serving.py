@@ -44,7 +44,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def cluster():
     """One local Ray cluster for the module: 6 logical CPUs (2 replicas, a test app, 2 batch actors, reads)."""
-    ray.init(num_cpus=6, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=6, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
@@ -164,6 +164,13 @@ def test_queue_limit_answers_503_not_timeouts(server: str, images: list[Path]) -
         stop_server("tight")
     assert set(codes) <= {200, 503}, codes
     assert codes.count(503) >= 1 and codes.count(200) >= 2, codes
+
+
+def test_a_model_that_cannot_load_fails_with_its_reason(server: str) -> None:
+    port = int(server.rsplit(":", 1)[1])
+    with pytest.raises(RuntimeError, match="did not start: FileNotFoundError: no such ONNX file"):
+        start_server(ServeConfig("missing.onnx", num_cpus=0.5), port=port, name="broken", route_prefix="/broken")
+    assert "broken" not in serve.status().applications
 
 
 def test_killed_replica_is_restarted_and_other_requests_are_served(server: str, images: list[Path]) -> None:

@@ -97,7 +97,7 @@ def predict_ray(
 
     Args:
         model: checkpoint, artifact or zoo name; every worker loads it (a path must exist on every node).
-        workers: actors in the pool; default one per GPU, else one per CPU of the cluster.
+        workers: actors in the pool; default one per GPU, else one per CPU of the cluster but one (for reading).
         address: a running cluster ("auto", "ip:6379"); None starts a local one for this call.
         shard_size: images per result shard (the unit of durability: a rerun skips shards already written).
         batch_size: images handed to an actor per call.

@@ -50,7 +50,7 @@ def add_ray_options(p: argparse.ArgumentParser) -> None:
     """``predict``'s options for the Ray Data path."""
     p.add_argument("--ray", action="store_true", help="run on Ray Data: an actor pool, sharded durable results")
     p.add_argument("--address", help="with --ray: a running Ray cluster (default: start a local one)")
-    p.add_argument("--workers", type=int, help="with --ray: Segmenter actors (default one per GPU, else per CPU)")
+    p.add_argument("--workers", type=int, help="with --ray: Segmenter actors (default one per GPU, else CPUs - 1)")
     p.add_argument("--shard-size", type=int, default=64, help="with --ray: images per result shard (default 64)")
 
 
