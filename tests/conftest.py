@@ -73,3 +73,13 @@ def photo_wide() -> np.ndarray:
     from skimage import data
 
     return data.coffee()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local Ray cluster for one test module, bound to 127.0.0.1, 6 logical CPUs (replicas and batch actors take
+    whole ones, Ray Data's reads a quarter): its GCS address. Shut down after the module."""
+    ray = pytest.importorskip("ray", reason="ray[serve,data] (the serve extra) is not installed")
+    ray.init(num_cpus=6, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
