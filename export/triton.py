@@ -32,7 +32,9 @@ _OUTPUT_DTYPES = {"pred_logits": "float32", "pred_masks": "float32", "scores": "
 
 
 def _read_artifact(path: Path) -> tuple[str, dict[str, Any], dict[str, Any] | None]:
-    """(platform, export metadata, engine sidecar or None) of an ``.onnx`` export or a ``.engine``/``.plan``."""
+    """(platform, export metadata, engine sidecar or None) of an ``.onnx`` export or a ``.engine``/``.plan``, as
+    the validated JSON-ready dicts of ``fastinst_rt.artifact``."""
+    from fastinst_rt.artifact import read_onnx_meta, read_sidecar
     from fastinst_rt.runtime.backends import backend_for
 
     kind = backend_for(path)
@@ -41,15 +43,10 @@ def _read_artifact(path: Path) -> tuple[str, dict[str, Any], dict[str, Any] | No
     if kind == "onnxruntime":
         import onnx
 
-        from fastinst_rt.runtime.backends.ort import read_metadata
-
-        proto = onnx.load(os.fspath(path), load_external_data=False)
-        meta = read_metadata({p.key: p.value for p in proto.metadata_props}, path)
-        return "onnxruntime_onnx", meta, None
+        meta = read_onnx_meta(onnx.load(os.fspath(path), load_external_data=False), path)
+        return "onnxruntime_onnx", meta.to_dict(), None
     if kind == "tensorrt":
-        from fastinst_rt.runtime.backends.trt import read_sidecar
-
-        sidecar = read_sidecar(path)
+        sidecar = read_sidecar(path).to_dict()
         return "tensorrt_plan", sidecar["meta"], sidecar
     raise ValueError(f"{path}: export-triton takes an .onnx export or a TensorRT engine, not a {kind} checkpoint")
 

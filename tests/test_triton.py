@@ -24,10 +24,10 @@ from google.protobuf import text_format  # noqa: E402
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc  # noqa: E402
 
 from fastinst_rt import Segmenter  # noqa: E402
+from fastinst_rt.artifact import ENGINE_FORMAT, sidecar_path  # noqa: E402
 from fastinst_rt.cli import main  # noqa: E402
 from fastinst_rt.export import export_onnx  # noqa: E402
 from fastinst_rt.export.triton import write_model_repository  # noqa: E402
-from fastinst_rt.runtime.backends.trt import ENGINE_FORMAT, sidecar_path  # noqa: E402
 from fastinst_rt.serving.triton import TritonBackend  # noqa: E402
 
 R50 = "fastinst-test-r50-d2"

@@ -14,6 +14,7 @@ import json
 
 import numpy as np
 
+from ..artifact import ArtifactMeta
 from ..runtime.backends.base import Backend, BackendInfo
 
 __all__ = ["TritonBackend"]
@@ -42,12 +43,13 @@ class TritonBackend(Backend):
         self.client = grpcclient.InferenceServerClient(url)
         config = self.client.get_model_config(model, version, as_json=True, client_timeout=timeout)["config"]
         try:
-            self.meta = json.loads(config["parameters"]["fastinst_rt"]["string_value"])
+            text = config["parameters"]["fastinst_rt"]["string_value"]
         except KeyError:
             raise ValueError(
                 f"Triton model {model!r} at {url} has no fastinst_rt parameter: write its repository with "
                 "`fastinst-rt export-triton`"
             ) from None
+        self.meta = ArtifactMeta.from_dict(json.loads(text), f"Triton model {model!r} at {url}")
         self.config = config
         self.input_types = {t["name"]: np.dtype(t["data_type"].removeprefix("TYPE_").lower()) for t in config["input"]}
         self.output_names = [t["name"] for t in config["output"]]
@@ -55,16 +57,11 @@ class TritonBackend(Backend):
         # max_batch_size 0: the model takes exactly its batch (the first dim); else up to max_batch_size images.
         fixed = max_batch_size == 0
         batch = int(config["input"][0]["dims"][0]) if fixed else max_batch_size
-        super().__init__(BackendInfo.from_export_metadata(self.meta, model, batch, fixed_batch=fixed))
-
-    def _infer(self, batch: np.ndarray, sizes: np.ndarray) -> dict[str, np.ndarray]:
-        fixed = self.info.fixed_size
-        if fixed is not None and tuple(batch.shape[2:]) != tuple(fixed):
-            raise ValueError(f"this model takes a fixed {fixed[0]}x{fixed[1]} input, got {batch.shape[2:]}")
-        return self._split_batches(batch, sizes, self._run)
+        super().__init__(BackendInfo.from_meta(self.meta, batch, fixed_batch=fixed))
 
     def _run(self, batch: np.ndarray, sizes: np.ndarray) -> dict[str, np.ndarray]:
-        """One Triton request: {"images", "sizes"} in, the config's outputs back (labels as int64)."""
+        """One Triton request: {"images", "sizes"} in, the config's outputs back (the base class checks the input,
+        splits batches at ``max_batch_size`` and casts int32 outputs of a TensorRT 8.x plan to int64)."""
         g = self._grpc
         inputs = []
         for name, value in (("images", batch), ("sizes", sizes)):
@@ -74,17 +71,14 @@ class TritonBackend(Backend):
             inputs.append(tensor)
         outputs = [g.InferRequestedOutput(name) for name in self.output_names]
         result = self.client.infer(self.model, inputs, self.version, outputs=outputs, client_timeout=self.timeout)
-        out = {name: result.as_numpy(name) for name in self.output_names}
-        if "labels" in out:
-            out["labels"] = out["labels"].astype(np.int64, copy=False)  # int32 from a TensorRT 8.x plan
-        return out
+        return {name: result.as_numpy(name) for name in self.output_names}
 
-    def close(self) -> None:
+    def _release(self) -> None:
         self.client.close()
 
     def describe(self) -> dict:
         d = super().describe()
         d.update(url=self.url, triton_model=self.model, platform=self.config.get("platform"),
-                 max_batch_size=int(self.config.get("max_batch_size", 0)), outputs=self.meta.get("outputs"),
-                 precision=self.meta.get("precision"))  # fmt: skip
+                 max_batch_size=int(self.config.get("max_batch_size", 0)), outputs=self.meta.outputs,
+                 precision=self.meta.precision)  # fmt: skip
         return d
