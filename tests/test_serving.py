@@ -65,8 +65,10 @@ def server(ray_cluster: str):
         pytest.fail("fastinst-rt serve did not come up in 180 s:\n" + "".join(lines[-30:]))
     yield f"http://127.0.0.1:{port}"
     proc.send_signal(signal.SIGINT)  # the CLI shuts Serve down on Ctrl-C
+    t = time.time()
     try:
         proc.wait(60)
+        print(f"serve stopped {time.time() - t:.1f} s after Ctrl-C")
     except subprocess.TimeoutExpired:  # a slow shutdown on a busy machine: finish it from here
         proc.kill()
         serve.shutdown()

@@ -218,6 +218,8 @@ def build_app(config: ServeConfig, gpus_in_cluster: float = 0.0) -> serve.Applic
         "max_queued_requests": config.max_queued,
         # A model that cannot load fails the same way every time: give up after a few tries, not Serve's default.
         "max_constructor_retry_count": 3,
+        # Requests take well under a second: a stopping replica need not wait Serve's default 20 s for stragglers.
+        "graceful_shutdown_timeout_s": 5.0,
     }
     if config.max_replicas is not None:
         if config.max_replicas < config.replicas:
