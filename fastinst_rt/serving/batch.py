@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ..jobs.outputs import check_writable, write_atomic
 from ..jobs.predict import IMAGE_SUFFIXES, _category_ids
 from ..runtime.preprocess import ImageError
 from ..runtime.segmenter import Segmenter
@@ -107,6 +108,7 @@ def predict_ray(
     import ray
 
     files = list_images(source)
+    check_writable(json_path, "--json")  # before any work: a bad output path is refused now, not after the run
     shard_dir = Path(str(json_path) + ".shards")
     _check_manifest(shard_dir, files, model, options, shard_size)
     shards = [files[i : i + shard_size] for i in range(0, len(files), shard_size)]
@@ -128,12 +130,7 @@ def predict_ray(
             ray.shutdown()
     records = _read_shards(shard_dir, len(shards), summary)
     if merge:
-        out = Path(json_path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(out.suffix + ".tmp")
-        tmp.write_text(json.dumps(records))
-        tmp.replace(out)
-        summary.written.append(str(out))
+        summary.written.append(str(write_atomic(json_path, json.dumps(records))))
     return summary
 
 
@@ -184,11 +181,8 @@ def _write_shards(
             line["results"] = json.loads(row["results"])
         lines.setdefault(k, {})[index] = json.dumps(line)
         if len(lines[k]) == len(shards[k]):  # the shard is complete: write it atomically, forget it
-            target = shard_dir / SHARD_FORMAT.format(k)
-            tmp = target.with_suffix(".tmp")
             shard = lines.pop(k)
-            tmp.write_text("".join(shard[i] + "\n" for i in sorted(shard)))
-            tmp.replace(target)
+            write_atomic(shard_dir / SHARD_FORMAT.format(k), "".join(shard[i] + "\n" for i in sorted(shard)))
             summary.shards_written += 1
 
 
