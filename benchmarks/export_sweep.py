@@ -27,17 +27,23 @@ from fastinst_rt.export.checks import check_graph
 from fastinst_rt.zoo import MODELS, build_model
 
 FULL_SIZE = ("fastinst-r50-d1", "fastinst-r50-d3", "fastinst-r101-d3", "fastinst-r50vd-dcn-d1", "fastinst-r50vd-dcn-d3")
-MODES = {"static": {}, "dynamic": {"dynamic": True}, "fp16": {"fp16": True}}
+MODES = {
+    "static": {},
+    "dynamic": {"dynamic": True},
+    "fp16": {"fp16": True},
+    "fp16-dynamic": {"fp16": True, "dynamic": True},
+}
 
 
-def sweep(names: list[str], output: Path) -> list[dict]:
+def sweep(names: list[str], output: Path, modes: list[str]) -> list[dict]:
     rows = []
     for name in names:
         spec = MODELS[name]
         torch.manual_seed(0)
         model = build_model(spec.config).eval()
         info = ModelInfo(spec.name, spec.config, spec.class_names, spec.test_size)
-        for mode, options in MODES.items():
+        for mode in modes:
+            options = MODES[mode]
             path = output / f"{name}-{mode}.onnx"
             log = io.StringIO()
             start = time.perf_counter()
@@ -46,11 +52,14 @@ def sweep(names: list[str], output: Path) -> list[dict]:
             seconds = time.perf_counter() - start
             proto = onnx.load(str(path))
             verified = re.search(r"verified against torch: (.*)", log.getvalue())
+            gate = re.findall(r"(?:fp16|int8) (\(.*?\)) vs FP32: (.*)", log.getvalue())
             row = {
                 "model": name, "mode": mode, "seconds": round(seconds, 1), "mb": round(path.stat().st_size / 2**20, 1),
                 "nodes": len(proto.graph.node), "deformconv": sum(n.op_type == "DeformConv" for n in proto.graph.node),
-                "opset": proto.opset_import[0].version, "problems": check_graph(proto, fixed=mode != "dynamic"),
+                "opset": proto.opset_import[0].version,
+                "problems": check_graph(proto, fixed=not options.get("dynamic")),
                 "ort_vs_torch": verified.group(1) if verified else "not verified",
+                "instances_vs_fp32": gate,  # one line per gate input: the tracing example, the shipped photo
             }  # fmt: skip
             print(" | ".join(str(v) for v in row.values()), flush=True)
             rows.append(row)
@@ -61,11 +70,12 @@ def sweep(names: list[str], output: Path) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(FULL_SIZE), choices=sorted(MODELS))
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     parser.add_argument("--output", type=Path, default=Path("/tmp/fastinst-export-sweep"))
     parser.add_argument("--json", type=Path, help="write the rows here")
     args = parser.parse_args()
     args.output.mkdir(parents=True, exist_ok=True)
-    rows = sweep(args.models, args.output)
+    rows = sweep(args.models, args.output, args.modes)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"torch": torch.__version__, "onnx": onnx.__version__, "rows": rows}, indent=1))

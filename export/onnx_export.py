@@ -37,11 +37,14 @@ from fastinst_rt.modeling.layers import DeformConv
 from fastinst_rt.runtime.preprocess import MAX_TEST_SIZE, check_test_size
 from fastinst_rt.zoo import DEFAULT_TEST_SIZE
 
+from . import quantize
 from .checks import check_graph, graph_opset
 from .deploy import MASK_STRIDE, DeployModel
-from .verify import VERIFY_TOL, simplify_graph, verify_graph
+from .verify import SIMPLIFY_TOL, gate_inputs, simplify_graph, verify_graph, verify_half, verify_reduced
 
 __all__ = ["export_onnx", "plan_export", "ExportPlan", "parse_imgsz", "default_imgsz"]
+
+_INT8_JUDGED = 4  # images beyond the calibration ones that judge an INT8 graph
 
 DEFAULT_OPSET = 19  # ONNX DeformConv; TensorRT >= 10.1 and ONNX Runtime >= 1.25
 PLUGIN_OPSET = 17  # TensorRT 8.6's parser reads opset <= 17
@@ -169,6 +172,10 @@ def export_onnx(
     max_det: int = 100,
     dcn_plugin: bool = False,
     simplify: bool = True,
+    int8: bool = False,
+    calib: str | os.PathLike | None = None,
+    calib_images: int = 32,
+    calib_method: str = "percentile",
     progress: bool = True,
 ) -> Path:
     """Export a FastInst checkpoint (path or zoo name) or module to an ONNX file; returns the written path.
@@ -190,10 +197,25 @@ def export_onnx(
         dcn_plugin: write DCN layers as TensorRT ``ModulatedDeformConv2d`` plugin nodes (for TensorRT 8.6); such a
             graph does not run in ONNX Runtime, so it is linted but not verified.
         simplify: run onnxslim when installed, keeping the result only if ONNX Runtime gives the same outputs.
+        int8: quantize the verified FP32 graph to INT8 Q/DQ (``export.quantize``), calibrated on ``calib``.
+        calib: folder of calibration images (real images of the deployment's domain); needed with ``int8``.
+        calib_images: how many of them (sorted by path) to calibrate on.
+        calib_method: activation-range calibration, one of ``quantize.CALIB_METHODS``.
         progress: print the steps to stderr.
+
+    FP16 and INT8 graphs are judged on their final instances against the FP32 model (``verify.verify_reduced``)
+    and refused past ``checks.TOLERANCES``; nothing is written then.
     """
     start = time.perf_counter()
     output = check_writable(output, "output")  # before the model is loaded and traced
+    if int8 and (fp16 or dcn_plugin or calib is None):
+        raise ValueError("--int8 quantizes an FP32 ONNX Runtime graph: it needs --calib DIR and excludes --fp16 and "
+                         "--dcn-plugin")  # fmt: skip
+    if int8 and calib_method not in quantize.CALIB_METHODS:
+        raise ValueError(f"unknown calibration method {calib_method!r}; expected one of {quantize.CALIB_METHODS}")
+    # Checked before the long trace. Up to 4 images beyond the calibration ones judge the INT8 graph (in the
+    # deployment's domain: an INT8 graph is only calibrated for it); without them, the last calibration images.
+    files = quantize.calibration_images(calib, calib_images + _INT8_JUDGED) if int8 else []
     net, info = _load(model, info, progress)
     plan = plan_export(net, info, imgsz=imgsz, dynamic=dynamic, min_size=min_size, max_size=max_size, batch=batch,
                        fp16=fp16, raw=raw, opset=opset, max_det=max_det, dcn_plugin=dcn_plugin, simplify=simplify,
@@ -204,15 +226,48 @@ def export_onnx(
     proto = _trace(wrapper, images, sizes, plan)
     if plan.simplify:
         feeds = {"images": images.numpy(), "sizes": sizes.numpy()} if plan.runnable else None
-        proto = simplify_graph(proto, feeds, VERIFY_TOL[plan.precision] / 10, progress)
+        proto = simplify_graph(proto, feeds, SIMPLIFY_TOL, progress)
     _add_metadata_and_lint(proto, _metadata(plan, wrapper), plan)
     if plan.runnable:
-        verify_graph(proto, wrapper, images, sizes, plan.precision, progress)
+        if fp16:
+            _check_fp16(proto, net, wrapper, (images, sizes), plan)
+        else:
+            verify_graph(proto, wrapper, images, sizes, progress)
+        if int8:
+            proto = _quantize(proto, wrapper, (images, sizes), plan, files, calib_images, calib_method)
     else:
         _log(
             progress, "not verified: ONNX Runtime cannot run the TensorRT plugin nodes (checked by the graph lint only)"
         )
     return _save(proto, output, progress, start)
+
+
+def _check_fp16(proto: onnx.ModelProto, net: FastInst, wrapper: DeployModel, example: tuple, plan: ExportPlan) -> None:
+    """The FP16 graph's instances (ONNX Runtime, and the network in float16 on PyTorch) against FP32's."""
+    reference = DeployModel(net, raw=plan.raw, max_det=plan.max_det).eval()
+    inputs = gate_inputs(example, None if plan.dynamic else plan.size, plan.test_size)
+    verify_reduced(proto, reference, inputs, "fp16", plan.progress)
+    verify_half(reference, wrapper, inputs[-1][0][:1], inputs[-1][1][:1], plan.progress)  # the photo, once
+
+
+def _quantize(
+    proto: onnx.ModelProto, wrapper: DeployModel, example: tuple, plan: ExportPlan, files: list, n: int, method: str
+) -> onnx.ModelProto:
+    """The verified FP32 graph as INT8 Q/DQ (calibrated on ``files[:n]``), linted, its instances against the FP32
+    torch wrapper's on the tracing example and the images after the calibration ones."""
+    from fastinst_rt.runtime.preprocess import load_image, prepare
+
+    proto = quantize.quantize_onnx(proto, files[:n], method=method, progress=plan.progress)
+    problems = check_graph(proto, opset=plan.opset, fixed=not plan.dynamic)
+    if problems:
+        raise RuntimeError("the INT8 graph is not deployable:\n  " + "\n  ".join(problems))
+    inputs = [example]
+    for path in files[n:] or files[-_INT8_JUDGED:]:
+        batch, sizes, _ = prepare([load_image(path, "rgb")] * example[0].shape[0], *plan.test_size,
+                                  SIZE_DIVISIBILITY, None if plan.dynamic else plan.size)  # fmt: skip
+        inputs.append((torch.from_numpy(batch), torch.from_numpy(sizes)))
+    verify_reduced(proto, wrapper, inputs, "int8", plan.progress)
+    return proto
 
 
 def _trace(wrapper: DeployModel, images: torch.Tensor, sizes: torch.Tensor, plan: ExportPlan) -> onnx.ModelProto:

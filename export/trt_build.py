@@ -8,6 +8,9 @@ caches) and differences are found by probing the module, not by comparing versio
 * FP16: an FP16 ONNX (``fastinst-rt export --fp16``) is built as a strongly typed network where
   ``STRONGLY_TYPED`` exists (TensorRT 11 has no ``BuilderFlag.FP16``); an FP32 ONNX with ``fp16=True`` uses
   the FP16 builder flag where it still exists and is refused where it does not;
+* INT8: an INT8 ONNX (``fastinst-rt export --int8``) carries its scales as Q/DQ nodes (explicit quantization,
+  no calibrator): strongly typed where ``STRONGLY_TYPED`` exists (10.x+; on 11 the only way), else with the INT8
+  builder flag, which TensorRT 8.6 needs to honour Q/DQ;
 * progress: ``IProgressMonitor`` where it exists (10.x+), otherwise phase messages only.
 
 CI type-checks this file (``.ci/typecheck``, mypy) against tensorrt-stubs 10.13.0.35.1, which describe TensorRT 10.13
@@ -145,7 +148,7 @@ class BuildPlan:
     output: Path
     trt_version: str
     gpu: dict  # {"name", "compute_capability"} of the build device
-    precision: str  # of the engine: "fp16" when the graph is FP16 or the FP16 flag is used, else "fp32"
+    precision: str  # of the engine: the graph's "int8"/"fp16", "fp16" when the FP16 flag is used, else "fp32"
     fp16_flag: bool  # FP16 kernels for an FP32 graph (weakly typed builders)
     strongly_typed: bool  # an FP16 graph built in its own types (where TensorRT offers it)
     onnx_sha256: str
@@ -168,12 +171,13 @@ def plan_build(
     meta = read_onnx_meta(onnx.load(str(onnx_path), load_external_data=False), onnx_path)
     version = trt.__version__
     graph_fp16 = meta.precision == "fp16"
-    strongly_typed = graph_fp16 and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
+    typed = meta.precision in ("fp16", "int8")  # the graph's own types say what runs in reduced precision
+    strongly_typed = typed and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
     fp16_flag = fp16 and not graph_fp16
     if fp16_flag and not hasattr(trt.BuilderFlag, "FP16"):
         raise ValueError(f"TensorRT {version} has no FP16 builder flag (strongly typed networks only): export an "
                          "FP16 graph with `fastinst-rt export --fp16` and build from it")  # fmt: skip
-    precision = "fp16" if (graph_fp16 or fp16_flag) else "fp32"
+    precision = "int8" if meta.precision == "int8" else "fp16" if (graph_fp16 or fp16_flag) else "fp32"
     out = Path(output) if output else default_engine_path(onnx_path, version, gpu["name"], precision)
     sha = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
     cache = Path(timing_cache) if timing_cache is not None else None
@@ -283,6 +287,8 @@ def _configure(
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(plan.workspace_gb * 2**30))
     if plan.fp16_flag or (plan.meta.precision == "fp16" and not plan.strongly_typed):
         config.set_flag(trt.BuilderFlag.FP16)  # weakly typed builders need the flag to pick FP16 kernels
+    if plan.meta.precision == "int8" and not plan.strongly_typed:
+        config.set_flag(trt.BuilderFlag.INT8)  # TensorRT 8.6 runs Q/DQ layers in INT8 only with the flag
     inputs = [network.get_input(i) for i in range(network.num_inputs)]
     shapes: Profile = {t.name: (tuple(t.shape),) * 3 for t in inputs}
     if any(-1 in tuple(t.shape) for t in inputs):

@@ -1,24 +1,40 @@
-"""Checks of an exported graph against the torch wrapper on ONNX Runtime, and the optional onnxslim pass."""
+"""Checks of an exported graph on ONNX Runtime before it is written, and the optional onnxslim pass.
+
+* FP32 graphs compute what the torch wrapper computes: every output must agree to a relative error of 1e-3
+  (values compared sorted, so that tied selection scores may permute queries) — ``verify_graph``.
+* FP16 and INT8 graphs compute something else on purpose. They are judged on what a user gets: the final
+  instances matched to the FP32 model's (``checks.compare_instances``: same label, mask IoU, score difference,
+  top-k ranking, instance count) on the tracing example and on the shipped photo, and refused when they break
+  ``checks.TOLERANCES`` — ``verify_reduced``; for FP16 also with the network run in float16 by PyTorch
+  (``verify_half``): ONNX Runtime on x86 computes most float16 ops in float32 and cannot show their harm.
+  Why not raw errors: on seeded random weights the query selection is a near tie (the 100th and 101st selection
+  scores of ``fastinst-r101-d3`` at 640 differ by 4e-6), so float16 rounding swaps a few selected queries and the
+  sorted raw outputs move while every instance a user sees stays put (benchmarks/README.md, result 5).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
 import torch
 
-from .deploy import DeployModel
+from .checks import Agreement, compare_instances, judge_agreement
+from .deploy import DeployModel, select_pairs
 
-__all__ = ["VERIFY_TOL", "simplify_graph", "verify_graph"]
+__all__ = [
+    "FP32_TOL", "simplify_graph", "run_onnx", "rel_sorted", "gate_inputs", "verify_graph", "verify_half",
+    "verify_reduced",
+]  # fmt: skip
 
-# Verification tolerance (relative L2 of sorted outputs) between the torch wrapper and ONNX Runtime. FP16 is gated
-# on the class outputs only: its mask logits move with float16 rounding (measured 1e-2..5e-2 on random
-# full-size weights), which is reported, not refused.
-VERIFY_TOL = {"fp32": 1e-3, "fp16": 5e-2}
-_FP16_GATED = ("scores", "pred_logits")
+FP32_TOL = 1e-3
+# onnxslim's graph is kept when ONNX Runtime gives the same outputs as before, to this relative error.
+SIMPLIFY_TOL = 1e-4
+_PAIRS = ("scores", "labels", "masks")
 
 
 def _log(progress: bool, msg: str) -> None:
@@ -41,7 +57,7 @@ def simplify_graph(proto: onnx.ModelProto, feeds: dict | None, tol: float, progr
     # onnxslim may rewrite I/O shapes from its own inference; the contract's shapes are kept.
     _copy_io_shapes(proto, slim)
     if feeds is not None:
-        err = max(_rel_sorted(a, b) for a, b in zip(_run(slim, feeds), _run(proto, feeds)))
+        err = max(rel_sorted(a, b) for a, b in zip(run_onnx(slim, feeds), run_onnx(proto, feeds)))
         if err > tol:
             _log(progress, f"simplified graph differs from the exported one (rel {err:.1e}): keeping the original")
             return proto
@@ -56,7 +72,8 @@ def _copy_io_shapes(src: onnx.ModelProto, dst: onnx.ModelProto) -> None:
             vi.type.CopyFrom(by_name[vi.name].type)
 
 
-def _run(proto: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+def run_onnx(proto: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """All outputs of ``proto`` on ONNX Runtime's CPU provider."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -65,36 +82,118 @@ def _run(proto: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarra
     return sess.run(None, feeds)
 
 
-def _rel_sorted(a: np.ndarray, b: np.ndarray) -> float:
-    # Relative L2 error of the sorted values: queries or pairs whose selection scores tie may come out of top-k in
-    # another order (ties are broken differently by each implementation); that is not an error.
+def rel_sorted(a: np.ndarray, b: np.ndarray) -> float:
+    """Relative L2 error of the sorted values (ties may permute queries or pairs; that is not an error)."""
     a, b = np.sort(np.asarray(a, np.float64), axis=None), np.sort(np.asarray(b, np.float64), axis=None)
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12))
 
 
+def gate_inputs(
+    example: tuple[torch.Tensor, torch.Tensor], fixed_size: tuple[int, int] | None, test_size: tuple[int, int]
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The tracing example and the shipped photo pre-processed as the runtime does, as many times as the batch."""
+    import fastinst_rt
+    from fastinst_rt.runtime.preprocess import load_image, prepare
+
+    batch = example[0].shape[0]
+    photo = load_image(Path(fastinst_rt.__file__).parent / "assets" / "astronaut.jpg", "rgb")
+    images, sizes, _ = prepare([photo] * batch, *test_size, 32, fixed_size)
+    return [example, (torch.from_numpy(images), torch.from_numpy(sizes))]
+
+
+def _finite(names: tuple[str, ...], outputs: list[np.ndarray]) -> None:
+    for name, value in zip(names, outputs):
+        if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+            raise RuntimeError(f"ONNX Runtime output {name} holds NaN/inf")
+
+
 def verify_graph(
-    proto: onnx.ModelProto,
-    wrapper: DeployModel,
-    images: torch.Tensor,
-    sizes: torch.Tensor,
-    precision: str,
-    progress: bool,
-) -> None:
-    """ONNX Runtime against the torch wrapper on the example batch (values compared sorted, see ``_rel_sorted``)."""
+    proto: onnx.ModelProto, wrapper: DeployModel, images: torch.Tensor, sizes: torch.Tensor, progress: bool
+) -> dict[str, float]:
+    """ONNX Runtime against the FP32 torch wrapper on one batch (values compared sorted, see ``rel_sorted``);
+    RuntimeError over ``FP32_TOL``. Returns each output's relative error."""
     try:
-        got = _run(proto, {"images": images.numpy(), "sizes": sizes.numpy()})
+        got = run_onnx(proto, {"images": images.numpy(), "sizes": sizes.numpy()})
     except ImportError:
         _log(progress, "onnxruntime is not installed: skipping verification")
-        return
+        return {}
+    _finite(wrapper.output_names, got)
     with torch.no_grad():
         ref = [t.numpy() for t in wrapper(images, sizes)]
-    errors = {}
-    for name, g, r in zip(wrapper.output_names, got, ref):
-        if not np.isfinite(g).all():
-            raise RuntimeError(f"ONNX Runtime output {name} holds NaN/inf")
-        if name not in ("labels", "query"):  # indices: ties may swap them, their scores are compared
-            errors[name] = _rel_sorted(g, r)
-    gated = [v for k, v in errors.items() if precision == "fp32" or k in _FP16_GATED]
+    errors = {n: rel_sorted(g, r) for n, g, r in zip(wrapper.output_names, got, ref) if n not in ("labels", "query")}
     _log(progress, "verified against torch: " + ", ".join(f"{k} {v:.1e}" for k, v in errors.items()))
-    if max(gated) > VERIFY_TOL[precision]:
-        raise RuntimeError(f"ONNX Runtime disagrees with torch: {errors} (tolerance {VERIFY_TOL[precision]})")
+    if max(errors.values()) > FP32_TOL:
+        raise RuntimeError(f"ONNX Runtime disagrees with torch: {errors} (tolerance {FP32_TOL})")
+    return errors
+
+
+def _pairs(names: tuple[str, ...], outputs: list, max_det: int) -> dict[str, np.ndarray]:
+    """scores/labels/masks of the selected pairs, from end-to-end outputs or computed from raw ones."""
+    named = dict(zip(names, outputs))
+    if "scores" not in named:
+        logits, masks = (torch.as_tensor(np.asarray(named[k])) for k in ("pred_logits", "pred_masks"))
+        named = dict(zip(("scores", "labels", "masks"), (t.numpy() for t in select_pairs(logits, masks, max_det))))
+    return {k: np.asarray(named[k]) for k in _PAIRS}
+
+
+def _judge(
+    engine: str, precision: str, names: tuple[str, ...], ref: list, got: list, max_det: int, progress: bool
+) -> tuple[Agreement, list[str]]:
+    _finite(names, got)
+    raw = {n: rel_sorted(g, r) for n, g, r in zip(names, got, ref) if n not in ("labels", "query")}
+    agreement = compare_instances(_pairs(names, ref, max_det), _pairs(names, got, max_det))
+    tolerance = f"{precision}-graph" if engine == "ONNX Runtime" and precision == "fp16" else precision
+    _log(progress, f"{precision} ({engine}) vs FP32: matched {agreement.matched:.0%} of the top-{agreement.top_k}, "
+                   f"mask IoU {agreement.mask_iou:.3f}, score diff {agreement.score_diff:.1e}, rank misses "
+                   f"{agreement.rank_misses}, count {agreement.count}+-{agreement.count_diff} (raw relative: "
+                   + ", ".join(f"{k} {v:.1e}" for k, v in raw.items()) + ")")  # fmt: skip
+    return agreement, [f"{engine}: {p}" for p in judge_agreement(agreement, tolerance)]
+
+
+def _refuse(precision: str, problems: list[str]) -> None:
+    if problems:
+        raise RuntimeError(f"the {precision} graph loses accuracy against FP32: " + "; ".join(dict.fromkeys(problems)))
+
+
+def verify_half(
+    reference: DeployModel, half: DeployModel, images: torch.Tensor, sizes: torch.Tensor, progress: bool
+) -> Agreement:
+    """The FP16-mixed torch wrapper (float16 arithmetic) against the FP32 one; RuntimeError past the tolerance.
+
+    ONNX Runtime on x86 has no float16 kernels for most ops and computes them in float32 (measured: norms forced
+    to float16 give the shipped graph's instances there), so it cannot show what float16 arithmetic costs on a GPU;
+    PyTorch runs the network the graph was traced from in float16.
+    """
+    with torch.no_grad():
+        ref = [t.numpy() for t in reference(images, sizes)]
+        got = [t.float().numpy() for t in half(images, sizes)]
+    agreement, problems = _judge("PyTorch float16", "fp16", reference.output_names, ref, got, reference.max_det,
+                                 progress)  # fmt: skip
+    _refuse("fp16", problems)
+    return agreement
+
+
+def verify_reduced(
+    proto: onnx.ModelProto,
+    reference: DeployModel,
+    inputs: list[tuple[torch.Tensor, torch.Tensor]],
+    precision: str,
+    progress: bool,
+) -> Agreement:
+    """The FP16/INT8 graph on ONNX Runtime against the FP32 torch wrapper on each input batch (the worst returned).
+
+    Raises RuntimeError naming every broken tolerance of ``checks.TOLERANCES[precision]``.
+    """
+    worst, problems = None, []
+    for images, sizes in inputs:
+        with torch.no_grad():
+            ref = [t.numpy() for t in reference(images, sizes)]
+        got = run_onnx(proto, {"images": images.numpy(), "sizes": sizes.numpy()})
+        agreement, broken = _judge("ONNX Runtime", precision, reference.output_names, ref, got, reference.max_det,
+                                   progress)  # fmt: skip
+        problems += broken
+        if worst is None or agreement.matched < worst.matched or agreement.score_diff > worst.score_diff:
+            worst = agreement
+    _refuse(precision, problems)
+    assert worst is not None
+    return worst

@@ -78,7 +78,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     export_onnx(
         args.model, args.output, imgsz=args.imgsz, dynamic=args.dynamic, min_size=args.min_size,
         max_size=args.max_size, batch=args.batch, fp16=args.fp16, raw=args.raw, opset=args.opset,
-        max_det=args.max_det, dcn_plugin=args.dcn_plugin, simplify=not args.no_simplify, progress=True,
+        max_det=args.max_det, dcn_plugin=args.dcn_plugin, simplify=not args.no_simplify, int8=args.int8,
+        calib=args.calib, calib_images=args.calib_images, calib_method=args.calib_method, progress=True,
     )  # fmt: skip
     return 0
 
@@ -224,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_info)
 
-    p = sub.add_parser("export", help="export a checkpoint to ONNX (end-to-end or raw outputs, FP32 or FP16-mixed)")
+    p = sub.add_parser("export", help="export a checkpoint to ONNX (e2e or raw outputs; FP32, FP16-mixed or INT8)")
     p.add_argument("model", help="checkpoint (.pth/.safetensors) or zoo name")
     p.add_argument("--output", "-o", required=True, help="the .onnx file to write")
     p.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width (default: static)")
@@ -238,6 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-det", type=int, default=100, help="query x class pairs kept by the graph (default 100)")
     p.add_argument("--dcn-plugin", action="store_true", help="DCN as TensorRT plugin nodes (for TRT 8.6)")
     p.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
+    p.add_argument("--int8", action="store_true", help="INT8 Q/DQ graph (ONNX Runtime, TensorRT explicit quantization)")
+    p.add_argument("--calib", help="folder of calibration images for --int8 (real images of the target domain)")
+    p.add_argument("--calib-images", type=int, default=32, help="calibration images used (default 32)")
+    p.add_argument("--calib-method", choices=("percentile", "entropy", "minmax"), default="percentile",
+                   help="activation-range calibration (default percentile, 99.999)")  # fmt: skip
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("train", help="train a model on a COCO-format dataset (the paper's recipe)")

@@ -1,0 +1,211 @@
+"""INT8 explicit quantization of an exported FP32 graph: Q/DQ nodes calibrated on real images.
+
+The quantized graph is ONNX with ``QuantizeLinear``/``DequantizeLinear`` pairs (the QDQ format): ONNX Runtime runs
+it on the CPU (it fuses each DQ -> Conv -> Q into an integer convolution) and TensorRT builds it with explicit
+quantization (strongly typed networks on TensorRT 11; no calibrator, the scales are in the graph). What TensorRT
+needs is written in: symmetric int8 everywhere (zero points 0), per-output-channel weight scales on axis 0,
+per-tensor activation scales, opset >= 13 (``checks.check_int8`` lints it).
+
+What is quantized is chosen by measurement (``benchmarks/README.md``, result 6; ``sensitivity`` reruns it): the
+convolutions of the backbone and the pixel decoder, where the compute is. Left in float32: the query-selection
+convolutions (their logits pick the queries by a top-k over near-ties), the transformer decoder (Gemm/MatMul,
+attention softmax, LayerNorm) and the prediction heads — a few percent of the FLOPs, and where INT8 moved the
+selected instances most.
+
+Calibration (onnxruntime's ``quantize_static``): activation ranges from the 99.999th percentile of their
+histograms over the calibration images (min-max lets one outlier set the scale; measured worse, see result 6).
+Needs onnxruntime (the ``onnx`` extra); torch-free.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from fastinst_rt.artifact import ArtifactMeta, read_onnx_meta
+
+from .checks import check_int8
+
+__all__ = [
+    "quantize_onnx", "calibration_feeds", "quantizable_convs", "quantizable_nodes", "check_int8", "CALIB_METHODS",
+    "SENSITIVE",
+]  # fmt: skip
+
+CALIB_METHODS = ("percentile", "entropy", "minmax")
+# Regions left in float32, as parameter-name prefixes of the convolutions' weights (measured: result 6).
+SENSITIVE = ("model.decoder.",)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+_PERCENTILE = 99.999
+# Float biases: TensorRT's parser takes only float inputs to DequantizeLinear (an int32 bias DQ is refused), and
+# ONNX Runtime fuses the integer convolution with a float bias just the same (measured: 26 QLinearConv either way).
+QUANTIZE_BIAS = False
+
+
+def _log(progress: bool, msg: str) -> None:
+    if progress:
+        print(f"[fastinst-rt quantize] {msg}", file=sys.stderr, flush=True)
+
+
+def calibration_images(folder: str | os.PathLike, num_images: int) -> list[Path]:
+    """The first ``num_images`` images of ``folder`` (recursive, sorted by path); ValueError if there are none."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise ValueError(f"calibration folder {root} does not exist")
+    if num_images < 1:
+        raise ValueError(f"--calib-images must be positive, got {num_images}")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in calibration folder {root}")
+    return files[:num_images]
+
+
+def calibration_feeds(
+    files: Sequence[Path], meta: ArtifactMeta, progress: bool = True
+) -> Iterator[dict[str, np.ndarray]]:
+    """One graph feed per image, pre-processed exactly as the runtime does (test-size resize, padding).
+
+    Args:
+        files: image paths. meta: the graph's metadata (test size, fixed size).
+    Yields:
+        ``{"images": (1, 3, H, W) uint8, "sizes": (1, 2) int64}``; (H, W) the fixed size, else padded to /32.
+    """
+    from tqdm import tqdm
+
+    from fastinst_rt.runtime.preprocess import load_image
+
+    for path in tqdm(files, desc="calibration", disable=not progress):
+        batch, sizes = runtime_input([load_image(path, "rgb")], meta)
+        yield {"images": batch, "sizes": sizes}
+
+
+def runtime_input(rgb: list[np.ndarray], meta: ArtifactMeta) -> tuple[np.ndarray, np.ndarray]:
+    """(B, 3, H, W) uint8 batch and (B, 2) int64 valid sizes, as ``Segmenter`` feeds a graph with this metadata."""
+    from fastinst_rt.runtime.preprocess import prepare
+
+    batch, sizes, _ = prepare(rgb, *meta.test_size, meta.size_divisibility, meta.fixed_size)
+    return batch, sizes
+
+
+def quantizable_convs(model: onnx.ModelProto, sensitive: Sequence[str] = SENSITIVE) -> list[str]:
+    """Names of the Conv nodes to quantize: those whose weight is a named model parameter outside ``sensitive``."""
+    inits = {init.name for init in model.graph.initializer}
+    return [
+        node.name
+        for node in model.graph.node
+        if node.op_type == "Conv"
+        and len(node.input) > 1
+        and node.input[1] in inits
+        and node.input[1].startswith("model.")
+        and not node.input[1].startswith(tuple(sensitive))
+    ]
+
+
+def quantizable_nodes(model: onnx.ModelProto, sensitive: Sequence[str] = SENSITIVE) -> list[str]:
+    """``quantizable_convs`` plus the Adds fed directly by one of them (residual and FPN sums).
+
+    Without a quantized Add, a convolution whose output feeds a float Add has no Q after it, and ONNX Runtime
+    cannot fuse it into an integer convolution (measured on fastinst-r50-d1: 22 of 64 quantized convolutions stayed
+    float); TensorRT fuses such an Add into the convolution when both its inputs carry Q/DQ.
+    """
+    convs = quantizable_convs(model, sensitive)
+    outputs = {o for n in model.graph.node if n.name in set(convs) for o in n.output}
+    adds = [n.name for n in model.graph.node if n.op_type == "Add" and any(i in outputs for i in n.input)]
+    return convs + adds
+
+
+def quantize_onnx(
+    model: onnx.ModelProto,
+    files: Sequence[Path],
+    *,
+    method: str = "percentile",
+    nodes: Sequence[str] | None = None,
+    op_types: Sequence[str] = ("Conv", "Add"),
+    progress: bool = True,
+) -> onnx.ModelProto:
+    """The INT8 Q/DQ form of an FP32 fastinst-rt graph, calibrated on ``files``; metadata copied, precision int8.
+
+    Args:
+        model: an FP32 export (its ``metadata_props`` say how to pre-process the images).
+        files: calibration images (see ``calibration_images``).
+        method: one of ``CALIB_METHODS``.
+        nodes: the nodes to quantize (default ``quantizable_nodes(model)``).
+        op_types: the op types ``nodes`` may hold (the sensitivity pass also tries Gemm and MatMul).
+    """
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    if method not in CALIB_METHODS:
+        raise ValueError(f"unknown calibration method {method!r}; expected one of {CALIB_METHODS}")
+    meta = read_onnx_meta(model, "the graph to quantize")
+    if meta.precision != "fp32":
+        raise ValueError(f"INT8 quantization starts from an FP32 graph, this one is {meta.precision}")
+    nodes = list(quantizable_nodes(model) if nodes is None else nodes)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.feeds = calibration_feeds(files, meta, progress)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.feeds, None)
+
+    calib = {"percentile": CalibrationMethod.Percentile, "entropy": CalibrationMethod.Entropy,
+             "minmax": CalibrationMethod.MinMax}[method]  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = os.path.join(tmp, "fp32.onnx"), os.path.join(tmp, "int8.onnx")
+        onnx.save(model, src)
+        # Symmetric int8 activations and weights (zero point 0): the only form TensorRT's explicit quantization
+        # takes; per-channel weight scales keep the convolutions' accuracy.
+        quantize_static(
+            src, dst, Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=list(op_types),
+            nodes_to_quantize=nodes, calibrate_method=calib,
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "CalibPercentile": _PERCENTILE,
+                           "QuantizeBias": QUANTIZE_BIAS, "DedicatedQDQPair": True},
+        )  # fmt: skip
+        out = onnx.load(dst)
+    del out.metadata_props[:]
+    quant = {"method": method, "calibration_images": len(files), "quantized_nodes": len(nodes), "tool": _tool()}
+    int8 = dataclasses.replace(meta, precision="int8", extra={**meta.extra, "quantization": quant})
+    for key, value in int8.to_props().items():
+        out.metadata_props.add(key=key, value=value)
+    _log(progress, f"quantized {len(nodes)} nodes to INT8 ({method} calibration on {len(files)} images)")
+    return out
+
+
+def _tool() -> str:
+    import onnxruntime
+
+    return f"onnxruntime.quantization {onnxruntime.__version__}"
+
+
+def regions(model: onnx.ModelProto) -> dict[str, list[str]]:
+    """Quantizable nodes grouped by where they are in the network (the sensitivity pass' units)."""
+    inits = {init.name for init in model.graph.initializer}
+    groups: dict[str, list[str]] = {}
+    for node in model.graph.node:
+        w = node.input[1] if len(node.input) > 1 else ""
+        if node.op_type == "Conv" and w in inits and w.startswith("model."):
+            parts = w.split(".")
+            key = ".".join(parts[1:3]) if parts[1] in ("backbone", "decoder") else parts[1]
+            key = re.sub(r"^backbone\.(stem|conv1|bn1)$", "backbone.stem", key)
+        elif node.op_type == "Gemm":
+            key = "decoder.linear (Gemm)"
+        elif node.op_type == "MatMul":
+            key = "matmul (attention products, PPM pooling)"
+        else:
+            continue
+        groups.setdefault(key, []).append(node.name)
+    return groups

@@ -1,0 +1,173 @@
+"""Reduced precision: the instance gate of FP16/INT8 exports, the graphs it refuses, INT8 Q/DQ graphs (TensorRT's
+rules, ONNX Runtime, metadata) and the INT8 accuracy of the bundled model. Real exports, real photos, real
+ONNX Runtime sessions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from fastinst_rt import Segmenter
+from fastinst_rt.cli import main
+from fastinst_rt.export import deploy, export_onnx
+from fastinst_rt.export.checks import Agreement, check_graph, compare_instances, judge_agreement
+from fastinst_rt.export.quantize import calibration_images, check_int8
+
+from .conftest import make_model
+
+R50 = "fastinst-test-r50-d2"
+
+
+def _pairs(n: int = 20, seed: int = 0) -> dict[str, np.ndarray]:
+    """One image of ``n`` pairs with distinct random masks and descending scores."""
+    rng = np.random.default_rng(seed)
+    masks = rng.normal(size=(1, n, 24, 24)).astype(np.float32)
+    return {"scores": np.linspace(0.9, 0.1, n, dtype=np.float32)[None], "labels": rng.integers(0, 3, (1, n)),
+            "masks": masks}  # fmt: skip
+
+
+def _perturb(pairs: dict[str, np.ndarray], **changes) -> dict[str, np.ndarray]:
+    out = {k: v.copy() for k, v in pairs.items()}
+    out.update(changes)
+    return out
+
+
+def test_agreement_of_identical_and_tie_swapped_instances() -> None:
+    ref = _pairs()
+    same = compare_instances(ref, ref)
+    assert same == Agreement(10, 1.0, 1.0, 0.0, 0.0, 0, 0, 15) and judge_agreement(same, "fp16") == []
+    # Two near-tied pairs swap ranks (a float16 effect): no rank miss, scores within the tie.
+    swapped = _perturb(ref)
+    order = np.arange(20)
+    order[[9, 10]] = [10, 9]
+    swapped = {k: v[:, order] for k, v in swapped.items()}
+    swapped["scores"] = ref["scores"].copy()  # still descending; pair 9 now holds 10's score and vice versa
+    a = compare_instances(ref, swapped)
+    assert a.matched == 1.0 and a.rank_misses <= 1 and a.score_diff <= 0.05, a
+    assert judge_agreement(a, "fp16") == []
+
+
+def test_agreement_refuses_lost_moved_and_rescored_instances() -> None:
+    ref = _pairs()
+    lost = _perturb(ref, labels=(ref["labels"] + 1) % 3)  # every label wrong: nothing matches
+    assert compare_instances(ref, lost).matched == 0.0
+    assert any("instances are found" in p for p in judge_agreement(compare_instances(ref, lost), "fp16"))
+    moved = _perturb(ref, masks=-ref["masks"])  # complementary masks: IoU ~ 1/3 < 0.5
+    assert compare_instances(ref, moved).matched == 0.0
+    rescored = _perturb(ref, scores=ref["scores"] - 0.08)  # every score 0.08 lower: 2 of 15 fall under conf 0.3
+    a = compare_instances(ref, rescored)
+    assert a.matched == 1.0 and a.score_diff == pytest.approx(0.08, abs=1e-6) and (a.count, a.count_diff) == (15, 2)
+    problems = judge_agreement(a, "fp16")
+    assert any("scores differ" in p for p in problems) and any("more or fewer" in p for p in problems)
+    assert judge_agreement(a, "int8") == []  # INT8 allows a mean score difference up to 0.1 and 30% of the count
+
+
+class _HalfNorm(torch.nn.Module):
+    """A LayerNorm/GroupNorm run in float16: what ``deploy._Float32`` prevents."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self.module = module.half()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x.half())
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> tuple[torch.nn.Module, object]:
+    return make_model(R50, class_scale=8.0)
+
+
+def test_fp16_export_with_norms_in_float16_is_refused(tiny, tmp_path: Path, monkeypatch) -> None:
+    """An FP16 export with its normalizations forced to float16 is refused before anything is written (the lint
+    sees float16 norms; the numerical gate would too, next test)."""
+    model, info = tiny
+
+    monkeypatch.setattr(deploy, "_Float32", _HalfNorm)
+    out = tmp_path / "broken.onnx"
+    with pytest.raises(RuntimeError, match="runs in float16"):
+        export_onnx(model, out, fp16=True, imgsz=(256, 320), progress=False, simplify=False)
+    assert not out.exists()
+
+
+def test_fp16_norms_in_float16_lose_accuracy_and_the_gate_sees_it(tmp_path: Path, monkeypatch) -> None:
+    """The numerical gate on its own (the lint bypassed): the bundled model's FP16-mixed network run in float16
+    passes on held-out images, the same network with its norms forced to float16 is refused (measured score
+    differences 0.01 and 0.08 against FP32; tolerance 0.05)."""
+    from fastinst_rt import load_model
+    from fastinst_rt.export.verify import verify_half
+    from fastinst_rt.runtime.preprocess import load_image, prepare
+    from fastinst_rt.training.synth import make_synthetic_dataset
+
+    model = load_model("fastinst-demo")
+    ann = make_synthetic_dataset(tmp_path / "held-out", 16, seed=7)
+    rgb = [load_image(p, "rgb") for p in sorted((ann.parent / "images").iterdir())]
+    images, sizes = (torch.from_numpy(a) for a in prepare(rgb, 256, 341)[:2])
+    reference = deploy.DeployModel(model).eval()
+    shipped = verify_half(reference, deploy.DeployModel(model, fp16=True).eval(), images, sizes, progress=False)
+    assert shipped.matched == 1.0 and shipped.score_diff < 0.03, shipped
+    monkeypatch.setattr(deploy, "_Float32", _HalfNorm)
+    broken = deploy.DeployModel(model, fp16=True).eval()
+    with pytest.raises(RuntimeError, match="PyTorch float16: scores differ"):
+        verify_half(reference, broken, images, sizes, progress=False)
+
+
+@pytest.fixture(scope="module")
+def demo_int8(tmp_path_factory) -> dict:
+    """The bundled model exported as INT8: 16 calibration images of another seed than the held-out set, 4 more
+    that the export's gate judges it on."""
+    from fastinst_rt.jobs.demo import DEMO_MODEL
+    from fastinst_rt.training.synth import make_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("int8")
+    calib = make_synthetic_dataset(root / "calib", 20, seed=3).parent / "images"  # 16 calibrate, 4 judge
+    held_out = make_synthetic_dataset(root / "held-out", 60, seed=7)
+    path = export_onnx(DEMO_MODEL, root / "demo-int8.onnx", imgsz=(256, 320), int8=True, calib=calib,
+                       calib_images=16, progress=False)  # fmt: skip
+    return {"path": path, "held_out": held_out, "model": DEMO_MODEL}
+
+
+def test_int8_graph_follows_tensorrt_rules_and_says_int8(demo_int8: dict, capsys) -> None:
+    proto = onnx.load(str(demo_int8["path"]))
+    assert check_graph(proto) == [] and check_int8(proto) == []
+    meta = {p.key: json.loads(p.value) for p in proto.metadata_props}
+    assert meta["precision"] == "int8" and meta["quantization"]["method"] == "percentile"
+    assert meta["quantization"]["calibration_images"] == 16
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count("QuantizeLinear") > 20 and ops.count("DequantizeLinear") >= ops.count("QuantizeLinear")
+    # Kept in float32 as measured: the query selection and the decoder (no Q/DQ on their weights or inputs).
+    weights = {i.name for i in proto.graph.initializer}
+    quantized = {n.input[0] for n in proto.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in weights}
+    assert quantized and not any(".decoder." in w for w in quantized)
+    assert Segmenter(str(demo_int8["path"])).backend.describe()["precision"] == "int8"
+    assert main(["info", str(demo_int8["path"]), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["precision"] == "int8"
+
+
+def test_bundled_model_int8_keeps_its_mask_ap(demo_int8: dict) -> None:
+    """INT8 within 1.0 mask AP of FP32 on held-out images (benchmarks/README.md result 5 measured +0.3 on 60)."""
+    from fastinst_rt.jobs.evaluate import evaluate_coco
+
+    ann = demo_int8["held_out"]
+    ap = {}
+    for name, model in (("fp32", demo_int8["model"]), ("int8", str(demo_int8["path"]))):
+        r = evaluate_coco(Segmenter(model, conf=0.0), ann, ann.parent / "images", progress=False)
+        ap[name] = r["segm"]["AP"]
+    assert ap["fp32"] > 55.0 and ap["int8"] >= ap["fp32"] - 1.0, ap
+
+
+def test_int8_cli_mistakes_are_one_line(tmp_path: Path, capsys) -> None:
+    assert main(["export", "fastinst-demo", "-o", str(tmp_path / "x.onnx"), "--int8"]) == 2
+    assert "--calib" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    args = ["export", "fastinst-demo", "-o", str(tmp_path / "x.onnx"), "--int8", "--calib", str(tmp_path / "empty")]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no images" in err and len(err.splitlines()) == 1 and not (tmp_path / "x.onnx").exists()
+    with pytest.raises(ValueError, match="positive"):
+        calibration_images(tmp_path, 0)
