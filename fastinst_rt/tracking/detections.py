@@ -36,7 +36,7 @@ def suppress_duplicates(results: Results, max_iou: float) -> np.ndarray:
     """Indices (by decreasing score) of the instances whose mask overlaps no higher-scored kept mask by more than
     ``max_iou`` IoU. Overlaps are computed inside the two boxes' intersection only."""
     order = np.argsort(-results.scores, kind="stable")
-    areas = results.masks.reshape(len(results), -1).sum(1)
+    areas = results.masks.sum((1, 2))
     kept: list[int] = []
     for i in order:
         a = results.boxes[i]
