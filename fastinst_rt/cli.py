@@ -40,20 +40,21 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         args.model, backend=args.backend, device=args.device, conf=args.conf, max_det=args.max_det,
         min_size=args.min_size, max_size=args.max_size, half=args.half,
     )  # fmt: skip
-    tracker = None
+    options = dict(pipeline=not args.no_pipeline, batch=args.batch, vid_stride=args.vid_stride,
+                   realtime=args.realtime, timeout=args.timeout, progress=not args.quiet)  # fmt: skip
     if args.command == "track":
+        from .jobs.track import track_source
         from .tracking import ByteTracker
 
         tracker = ByteTracker(high_score=args.track_high, low_score=args.track_low, max_lost=args.max_lost)
-    summary = predict_source(
-        seg, args.source, args.save, args.json, tracker=tracker, mot_path=getattr(args, "mot", None),
-        trails=getattr(args, "trails", False), pipeline=not args.no_pipeline, batch=args.batch,
-        vid_stride=args.vid_stride, realtime=args.realtime, timeout=args.timeout, progress=not args.quiet,
-    )  # fmt: skip
-    return _report(summary, args)
+        summary, metrics = track_source(seg, args.source, args.save, args.json, args.mot, tracker=tracker,
+                                        gt_path=args.gt, trails=args.trails, **options)  # fmt: skip
+    else:
+        summary, metrics = predict_source(seg, args.source, args.save, args.json, **options), None
+    return _report(summary, metrics, args)
 
 
-def _report(summary: Any, args: argparse.Namespace) -> int:
+def _report(summary: Any, metrics: dict | None, args: argparse.Namespace) -> int:
     """Print what a predict/track run did; the exit code says whether it is complete (0), partial (1) or
     interrupted (130)."""
     speed = ", ".join(f"{k} {v:.1f} ms" for k, v in summary.speed.items())
@@ -62,10 +63,8 @@ def _report(summary: Any, args: argparse.Namespace) -> int:
         print(f"realtime mode dropped {summary.dropped} frame(s) to keep up")
     for path in summary.written:
         print(f"wrote {path}")
-    if getattr(args, "gt", None) and getattr(args, "mot", None):
-        from .tracking.mot import track_metrics
-
-        m = track_metrics(args.gt, args.mot)
+    if metrics:
+        m = metrics
         print(f"MOTA {m['mota']:.3f}, IDF1 {m['idf1']:.3f}, ID switches {m['num_switches']:.0f}, precision "
               f"{m['precision']:.3f}, recall {m['recall']:.3f} over {m['num_frames']:.0f} frames")  # fmt: skip
     done = f"results up to frame {summary.last_frame} are kept" if summary.last_frame is not None else "no frame done"

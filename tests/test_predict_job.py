@@ -152,3 +152,17 @@ def test_annotated_video_is_h264_at_the_source_rate_and_pipeline_matches_sequent
     assert main(["predict", str(clip), "--save", str(tmp_path / "s"), "--vid-stride", "2", *FAST]) == 0
     with av.open(str(tmp_path / "s" / "video.mp4")) as container:
         assert float(container.streams.video[0].average_rate) == pytest.approx(12.5)
+
+
+def test_track_command_writes_mot_and_scores_it(clip: Path, tmp_path: Path, capsys) -> None:
+    mot, out = tmp_path / "pred.txt", tmp_path / "out"
+    argv = ["track", str(clip), "--mot", str(mot), "--gt", str(clip.parent / "gt.txt"), "--save", str(out), "--trails"]
+    assert main([*argv, *FAST]) == 0
+    printed = capsys.readouterr().out
+    assert "MOTA " in printed and "IDF1 " in printed and "over 24 frames" in printed
+    rows = [line.split(",") for line in mot.read_text().splitlines()]
+    assert rows and all(len(r) == 10 and 1 <= int(r[0]) <= 24 and int(r[1]) >= 1 for r in rows)
+    assert (out / "video.mp4").stat().st_size > 0
+    with pytest.raises(SystemExit) as info:  # predict has no --mot: argparse refuses with exit 2
+        main(["predict", str(clip), "--mot", str(mot), *FAST])
+    assert info.value.code == 2
