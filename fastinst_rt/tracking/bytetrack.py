@@ -158,8 +158,8 @@ class ByteTracker:
         out = results[keep]
         out.track_ids = ids[keep]
         for t in self.tracks:
-            if t.last_frame == self.frame:
-                b = boxes[np.nonzero(ids == t.track_id)[0][0]] if t.track_id in ids else t.kalman.box()
+            if t.last_frame == self.frame:  # the filtered centre: smoother than the detections' own
+                b = t.kalman.box()
                 t.history = (t.history + [((b[0] + b[2]) / 2, (b[1] + b[3]) / 2)])[-64:]
         return out
 
