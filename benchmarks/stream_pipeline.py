@@ -13,20 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 from fastinst_rt import Segmenter
+from fastinst_rt.jobs.bench import machine_info
 from fastinst_rt.jobs.predict import predict_source
-
-
-def machine() -> dict:
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()[:20]
-    load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else []
-    return {"lscpu": lscpu, "python": platform.python_version(), "loadavg_at_start": load}
 
 
 def one_run(seg: Segmenter, video: str, pipeline: bool, work: Path, max_frames: int | None) -> dict:
@@ -113,7 +107,15 @@ def main() -> None:
     results = [compare(m, v, args.rounds, args.backend, lab) for m, v, lab in zip(args.model, args.video, args.label)]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    record = {"machine": machine(), "note": "2-core VM shared with other jobs during the run", "results": results}
+    load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else []
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()[:20]
+    record = {
+        "machine": machine_info(),
+        "lscpu": lscpu,
+        "loadavg_at_end": load,
+        "note": "2-core VM shared with other jobs during the run",
+        "results": results,
+    }
     out.with_suffix(".json").write_text(json.dumps(record, indent=1))
     out.with_suffix(".md").write_text(markdown(results))
     plot(results, out.with_suffix(".png"))

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from fastinst_rt import Segmenter
+from fastinst_rt.jobs.bench import machine_info
 from fastinst_rt.jobs.predict import predict_source
 from fastinst_rt.runtime.sources import Frame, Source, open_source
 
@@ -77,7 +78,8 @@ def main() -> None:
         "model": args.model, "video": args.video, "frames": summary.frames, "complete": summary.complete,
         "wall_s": wall, "fps": summary.frames / wall, "rss_mb_at_500": at[500], "rss_mb_last": samples[-1][1],
         "last_sample_frame": samples[-1][0], "rss_growth_mb_500_to_last": growth, "annotated_video_mb": out_video_mb,
-        "stage_ms": summary.speed, "samples": samples, "note": "2-core VM shared with other jobs during the run",
+        "stage_ms": summary.speed, "samples": samples, "machine": machine_info(),
+        "note": "2-core VM shared with other jobs during the run",
     }  # fmt: skip
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

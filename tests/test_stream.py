@@ -13,7 +13,7 @@ import pytest
 
 from fastinst_rt import Segmenter
 from fastinst_rt.runtime.sources import open_source
-from fastinst_rt.runtime.stream import StreamError, StreamStats, segment_stream
+from fastinst_rt.runtime.stream import Stage, StreamError, StreamStats, segment_stream
 from fastinst_rt.training.synth_video import make_synthetic_video
 
 pytest.importorskip("av", reason="video decoding needs PyAV (the video extra)")
@@ -120,6 +120,21 @@ def test_exception_in_each_stage_ends_cleanly(faulty: _Faulty, clip: Path, stage
     assert f"{stage} failed at frame 6" in str(info.value) and "injected" in str(info.value.__cause__)
     assert got == list(range(6)), "the frames before the failure are delivered"
     assert not _stream_threads()
+
+
+@pytest.mark.parametrize("pipeline", [True, False])
+def test_exception_in_a_later_stage_ends_cleanly(seg: Segmenter, clip: Path, pipeline: bool) -> None:
+    # A stage after post-processing, as the jobs add them (tracking, drawing and encoding).
+    def draw(frames, results):
+        if frames[0].index == 4:
+            raise OSError("disk full")
+        return results
+
+    got = []
+    with pytest.raises(StreamError, match="draw failed at frame 4: OSError: disk full") as info:
+        for frame, _ in segment_stream(seg, clip, pipeline=pipeline, extra_stages=[Stage("draw", draw)]):
+            got.append(frame.index)
+    assert info.value.stage == "draw" and got == [0, 1, 2, 3] and not _stream_threads()
 
 
 def test_exception_in_the_consumer_and_early_close_stop_the_decoder(seg: Segmenter, clip: Path) -> None:
