@@ -166,3 +166,16 @@ def test_track_command_writes_mot_and_scores_it(clip: Path, tmp_path: Path, caps
     with pytest.raises(SystemExit) as info:  # predict has no --mot: argparse refuses with exit 2
         main(["predict", str(clip), "--mot", str(mot), *FAST])
     assert info.value.code == 2
+
+
+def test_video_writer_mp4v_fallback_and_size_changes(frames, tmp_path: Path) -> None:
+    from fastinst_rt.jobs.video_out import VideoWriter
+
+    with VideoWriter(tmp_path / "v.mp4", 12.0, codec="mp4v") as writer:
+        for im in frames[:5] + [cv2.resize(im, (200, 150)) for im in frames[5:8]]:
+            writer.write(im)
+    assert writer.codec == "mp4v" and writer.frames == 8
+    cap = cv2.VideoCapture(str(tmp_path / "v.mp4"))
+    assert cap.get(cv2.CAP_PROP_FPS) == pytest.approx(12.0) and int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 8
+    ok, first = cap.read()
+    assert ok and first.shape == (128, 160, 3), "later frames of another size are resized to the first"

@@ -21,13 +21,17 @@ class VideoWriter:
         path: the file to write (.mp4 for H.264; OpenCV's mp4v also writes .mp4 and .avi).
         fps: frames per second, e.g. the source's.
         quality: x264 constant rate factor (lower is better; 18 is visually lossless for most content).
+        codec: "h264" (falls back to "mp4v" without PyAV or its libx264) or "mp4v".
     Attributes:
         codec: "h264" or "mp4v", known after the first frame.
     """
 
-    def __init__(self, path: str | os.PathLike, fps: float, quality: int = 18) -> None:
+    def __init__(self, path: str | os.PathLike, fps: float, quality: int = 18, codec: str = "h264") -> None:
         if not fps or fps <= 0:
             raise ValueError(f"fps must be positive, got {fps}")
+        if codec not in ("h264", "mp4v"):
+            raise ValueError(f"codec must be 'h264' or 'mp4v', got {codec!r}")
+        self._want_h264 = codec == "h264"
         self.path, self.fps, self.quality = Path(path), float(fps), quality
         self.size: tuple[int, int] | None = None  # (h, w)
         self.codec = ""
@@ -59,7 +63,7 @@ class VideoWriter:
             import av
         except ImportError:
             av = None
-        if av is not None and "libx264" in av.codecs_available:
+        if self._want_h264 and av is not None and "libx264" in av.codecs_available:
             # yuv420p halves the chroma resolution: both sides must be even (one pixel row/column is cut if not).
             self.size = (h - h % 2, w - w % 2)
             self._av = av.open(str(self.path), "w")
