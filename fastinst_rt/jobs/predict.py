@@ -171,6 +171,11 @@ def predict_source(
         for out in (drawer, results_file, mot, src):
             if out is not None:
                 out.close()
+    if summary.frames == 0 and not summary.interrupted and (summary.error or summary.failed):
+        # Nothing was done: a plain error (e.g. the one image given cannot be used), not a partial run.
+        name, why = summary.failed[0] if summary.failed else ("", summary.error)
+        more = f" (and {len(summary.failed) - 1} more)" if len(summary.failed) > 1 else ""
+        raise ValueError(f"{name}: {why}{more}" if name else why)
     summary.stopped, summary.dropped = src.stopped, stats.dropped
     summary.speed = stats.ms_per_frame()
     summary.written = (drawer.written if drawer else []) + [str(p) for p in (json_path, mot_path) if p]
@@ -187,7 +192,8 @@ def _record(summary: PredictSummary, frame: Frame, res: Results | None, results_
     summary.last_frame = frame.index
     if res is None:
         summary.failed.append((frame.name, frame.error or "unreadable"))
-        bar.write(f"skipped {frame.name}: {frame.error}", file=sys.stderr)
+        if not bar.disable:  # live feedback beside the bar; the summary lists every failure at the end anyway
+            bar.write(f"skipped {frame.name}: {frame.error}", file=sys.stderr)
         return
     summary.frames += 1
     summary.instances += len(res)

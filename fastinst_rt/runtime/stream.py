@@ -276,12 +276,26 @@ def run_stages(
             yield packet
 
 
-def segmenter_stages(seg: Segmenter, conf: float | None = None) -> list[Stage]:
+def segmenter_stages(seg: Segmenter, conf: float | None = None, skip_bad: bool = False) -> list[Stage]:
     """Pre-process, inference and post-processing of ``seg`` as stages; frames that failed to load pass through as
-    None results. The last payload is a list of ``Results | None``, one per frame."""
+    None results. The last payload is a list of ``Results | None``, one per frame. With ``skip_bad``, an image the
+    model refuses (``ValueError`` from pre-processing, e.g. too thin for its queries) is marked as failed too."""
 
     def preprocess(frames: list[Frame], _: Any) -> tuple:
         good = [i for i, f in enumerate(frames) if f.image is not None]
+        if not good:
+            return None, good
+        try:
+            return seg.preprocess([frames[i].image for i in good], "rgb"), good
+        except ValueError:
+            if not skip_bad:
+                raise
+        for i in good:  # find the images it refuses, one by one (rare), and batch the others
+            try:
+                seg.preprocess([frames[i].image], "rgb")
+            except ValueError as e:
+                frames[i].error = str(e)
+        good = [i for i in good if frames[i].error is None]
         return (seg.preprocess([frames[i].image for i in good], "rgb") if good else None), good
 
     def inference(frames: list[Frame], payload: tuple) -> tuple:
@@ -313,7 +327,7 @@ def segment_stream(
         raise ValueError(f"vid_stride must be >= 1, got {vid_stride}")
     src = open_source(source, timeout=timeout, color=color)
     realtime = src.live if realtime is None else realtime
-    stages = segmenter_stages(seg, conf) + list(extra_stages)
+    stages = segmenter_stages(seg, conf, skip_bad) + list(extra_stages)
     own = src is not source  # a Source handed in is the caller's to close
     try:
         packets = run_stages(src.frames(vid_stride), stages, batch=batch, realtime=realtime, pipeline=pipeline,
