@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .serving import cli as serving_cli
 
@@ -35,7 +35,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    if args.ray:
+    if getattr(args, "ray", False):  # track has no --ray
         return serving_cli.cmd_predict_ray(args)
     from .jobs.predict import predict_source
     from .runtime.segmenter import Segmenter
@@ -44,12 +44,46 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         args.model, backend=args.backend, device=args.device, conf=args.conf, max_det=args.max_det,
         min_size=args.min_size, max_size=args.max_size, half=args.half,
     )  # fmt: skip
-    summary = predict_source(seg, args.source, args.save, args.json, progress=not args.quiet)
+    options = dict(pipeline=not args.no_pipeline, batch=args.batch, vid_stride=args.vid_stride,
+                   realtime=args.realtime, timeout=args.timeout, progress=not args.quiet)  # fmt: skip
+    if args.command == "track":
+        from .jobs.track import track_source
+        from .tracking import ByteTracker
+
+        tracker = ByteTracker(high_score=args.track_high, low_score=args.track_low, max_lost=args.max_lost)
+        summary, metrics = track_source(seg, args.source, args.save, args.json, args.mot, tracker=tracker,
+                                        gt_path=args.gt, trails=args.trails, **options)  # fmt: skip
+    else:
+        summary, metrics = predict_source(seg, args.source, args.save, args.json, **options), None
+    return _report(summary, metrics, args)
+
+
+def _report(summary: Any, metrics: dict | None, args: argparse.Namespace) -> int:
+    """Print what a predict/track run did; the exit code says whether it is complete (0), partial (1) or
+    interrupted (130)."""
     speed = ", ".join(f"{k} {v:.1f} ms" for k, v in summary.speed.items())
-    print(f"{summary.frames} frame(s), {summary.instances} instance(s) at conf >= {args.conf}; per frame: {speed}")
+    print(f"{summary.frames} frame(s), {summary.instances} instance(s) at conf >= {args.conf}; busy per frame: {speed}")
+    if summary.dropped:
+        print(f"realtime mode dropped {summary.dropped} frame(s) to keep up")
     for path in summary.written:
         print(f"wrote {path}")
-    return 0
+    if metrics:
+        m = metrics
+        print(f"MOTA {m['mota']:.3f}, IDF1 {m['idf1']:.3f}, ID switches {m['num_switches']:.0f}, precision "
+              f"{m['precision']:.3f}, recall {m['recall']:.3f} over {m['num_frames']:.0f} frames")  # fmt: skip
+    done = f"results up to frame {summary.last_frame} are kept" if summary.last_frame is not None else "no frame done"
+    if summary.failed:
+        print(f"error: {len(summary.failed)} image(s) could not be read and were skipped:", file=sys.stderr)
+        for name, why in summary.failed:
+            print(f"  {name}: {why}", file=sys.stderr)
+    if summary.stopped:
+        print(f"error: {args.source}: {summary.stopped}; {done}", file=sys.stderr)
+    if summary.error:
+        print(f"error: {summary.error}; {done}", file=sys.stderr)
+    if summary.interrupted:
+        print(f"interrupted; {done}", file=sys.stderr)
+        return 130
+    return 0 if summary.complete else 1
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -106,10 +140,16 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         h, w = (int(v) for v in args.size.lower().split("x"))
     except ValueError:
         raise ValueError(f"--size must look like 256x320 (HxW), got {args.size!r}") from None
+    classes = tuple(args.classes.split(","))
+    if args.video:
+        from .training.synth_video import make_synthetic_video
+
+        path = make_synthetic_video(args.output, args.frames, args.seed, (h, w), classes, fps=args.fps)
+        print(f"wrote {path}, {path.parent / 'gt.txt'} and {path.parent / 'annotations.json'} ({args.frames} frames)")
+        return 0
     path = make_synthetic_dataset(
-        args.output, args.num, args.seed, (h, w), tuple(args.classes.split(",")), image_format=args.format,
-        segmentation=args.segmentation,
-    )  # fmt: skip
+        args.output, args.num, args.seed, (h, w), classes, image_format=args.format, segmentation=args.segmentation
+    )
     print(f"wrote {args.num} images to {path.parent / 'images'} and {path}")
     return 0
 
@@ -206,17 +246,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("predict", help="segment an image, a folder of images or a video")
-    p.add_argument("source", help="image file, folder of images, or video file")
-    p.add_argument("--model", "-m", required=True, help="checkpoint (.pth/.safetensors), artifact, or zoo name")
-    p.add_argument("--conf", type=float, default=0.3, help="minimum instance score (default 0.3)")
-    p.add_argument("--max-det", type=int, default=100, help="at most this many instances per image")
-    p.add_argument("--save", metavar="DIR", help="write annotated images (or the annotated video) here")
-    p.add_argument("--json", metavar="FILE", help="write COCO-style results here")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-    _add_model_options(p)
-    serving_cli.add_ray_options(p)
-    p.set_defaults(func=_cmd_predict)
+    for name in ("predict", "track"):
+        if name == "predict":
+            p = sub.add_parser(name, help="segment images, a folder, a video, a camera or a stream URL")
+        else:
+            p = sub.add_parser(name, help="segment and track: persistent instance ids (ByteTrack-style)")
+        p.add_argument("source", help="image, folder of images, video file, camera index (0) or rtsp/http URL")
+        p.add_argument("--model", "-m", required=True, help="checkpoint (.pth/.safetensors), artifact, or zoo name")
+        p.add_argument("--conf", type=float, default=0.3, help="minimum instance score (default 0.3)")
+        p.add_argument("--max-det", type=int, default=100, help="at most this many instances per image")
+        p.add_argument("--save", metavar="DIR", help="write annotated images (or the annotated video) here")
+        p.add_argument("--json", metavar="FILE", help="results as frames complete: .jsonl lines, else COCO JSON")
+        p.add_argument("--no-pipeline", action="store_true", help="run the stages one after another (to compare)")
+        p.add_argument("--batch", type=int, default=1, help="frames per backend call (default 1)")
+        p.add_argument("--vid-stride", type=int, default=1, help="use every n-th frame (default 1)")
+        p.add_argument("--realtime", action=argparse.BooleanOptionalAction, default=None,
+                       help="process the newest frame, dropping others (default: for cameras and streams)")  # fmt: skip
+        p.add_argument("--timeout", type=float, default=10.0, help="seconds to connect to a camera or URL")
+        p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+        if name == "track":
+            p.add_argument("--mot", metavar="FILE", help="write MOTChallenge lines frame,id,x,y,w,h,score,-1,-1,-1")
+            p.add_argument("--gt", metavar="FILE", help="MOTChallenge ground truth: print MOTA/IDF1 of --mot")
+            p.add_argument("--trails", action="store_true", help="draw recent track centres")
+            p.add_argument("--track-high", type=float, default=0.5, help="score of first-stage detections")
+            p.add_argument("--track-low", type=float, default=0.1, help="least score of second-stage detections")
+            p.add_argument("--max-lost", type=int, default=30, help="frames a lost track is kept")
+        _add_model_options(p)
+        if name == "predict":
+            serving_cli.add_ray_options(p)
+        p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("info", help="describe a checkpoint or artifact: variant, architecture, classes, test size")
     p.add_argument("model", help="checkpoint, artifact or zoo name")
@@ -276,6 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "circle,square,triangle,star,ring")  # fmt: skip
     p.add_argument("--format", choices=("jpg", "png"), default="jpg")
     p.add_argument("--segmentation", choices=("rle", "polygon"), default="rle")
+    p.add_argument("--video", action="store_true", help="a video with MOT ground truth instead (video.mp4, gt.txt)")
+    p.add_argument("--frames", type=int, default=300, help="frames of --video (default 300)")
+    p.add_argument("--fps", type=float, default=25.0, help="frame rate of --video (default 25)")
     p.set_defaults(func=_cmd_synth)
 
     p = sub.add_parser("build", help="build a TensorRT engine from an exported ONNX file, on this GPU")

@@ -50,7 +50,7 @@ def test_predict_folder_and_video(tiny_checkpoints, photo, photo_wide, tmp_path:
     model = str(tiny_checkpoints[TEST_VARIANTS[1]])
     assert main(["predict", str(folder), "-m", model, "--conf", "0", "--max-det", "3", "--save", str(tmp_path / "o"),
                  "--json", str(tmp_path / "f.json"), "-q"]) == 0  # fmt: skip
-    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["a.jpg", "b.jpg"]
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["a.png", "b.jpg"]  # each in its own format
     assert {r["file_name"] for r in json.loads((tmp_path / "f.json").read_text())} == {"a.png", "b.jpg"}
 
     video = tmp_path / "clip.mp4"

@@ -1,129 +1,205 @@
-"""Run a ``Segmenter`` over an image, a folder of images or a video, writing pictures and COCO-style JSON."""
+"""Run a ``Segmenter`` (optionally with a tracker) over an image, a folder, a video, a camera or a stream URL.
+
+The job is the pipelined stream of ``runtime/stream.py`` with two more stages when asked: tracking and drawing
+(annotated pictures, or one annotated video encoded as it goes); the results are written by the consumer as frames
+complete (``durable.ResultsFile``). Nothing is lost on the way: an unreadable image is reported and skipped, a
+truncated video is reported with the frame where decoding stopped, a failing stage or Ctrl-C ends the run with
+everything done so far on disk, and outputs never overwrite inputs. ``PredictSummary`` says how far it got.
+"""
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Iterator
+import sys
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import cv2
-import numpy as np
 
 from ..coco import COCO_CATEGORY_IDS, COCO_CLASSES
-from ..runtime.preprocess import load_image
 from ..runtime.segmenter import Segmenter
-from .outputs import check_writable, write_atomic
+from ..runtime.sources import Frame, Source, SourceLike, open_source
+from ..runtime.stream import Stage, StreamError, StreamStats, segment_stream
+from .durable import OutputNames, ResultsFile, TextLog, refuse_input_overlap
+from .outputs import check_writable
+from .video_out import VideoWriter
 
-__all__ = ["IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "PredictSummary", "iter_frames", "predict_source"]
+if TYPE_CHECKING:
+    from ..runtime.results import Results
+    from ..tracking import ByteTracker
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+__all__ = ["PredictSummary", "coco_category_ids", "predict_source"]
 
 
 @dataclass
 class PredictSummary:
-    """What ``predict_source`` did: frames processed, instances found, files written, mean ms per stage."""
+    """What ``predict_source`` did.
+
+    ``frames``: frames segmented; ``instances``: instances found; ``last_frame``: index of the last frame done;
+    ``failed``: (name, reason) of each image that could not be read; ``stopped``: where a truncated video stopped;
+    ``error``: the stage failure that ended the run; ``interrupted``: Ctrl-C; ``dropped``: frames realtime mode
+    dropped; ``written``: files written; ``speed``: mean ms per frame of each stage (busy time, ``decode`` first).
+    """
 
     frames: int = 0
     instances: int = 0
+    last_frame: int | None = None
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    stopped: str | None = None
+    error: str | None = None
+    interrupted: bool = False
+    dropped: int = 0
     written: list[str] = field(default_factory=list)
     speed: dict[str, float] = field(default_factory=dict)
 
-
-def iter_frames(source: str | os.PathLike) -> tuple[int, Iterator[tuple[str, np.ndarray]]]:
-    """(frame count, iterator of (name, HxWx3 uint8 RGB frame)) for an image file, a folder or a video file."""
-    path = Path(source)
-    if not path.exists():
-        raise FileNotFoundError(f"no such image, folder or video: {source}")
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise ValueError(f"{source} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-        return len(files), ((p.name, load_image(p)) for p in files)
-    if path.suffix.lower() in VIDEO_SUFFIXES:
-        cap = cv2.VideoCapture(str(path))
-        if not cap.isOpened():
-            raise ValueError(f"{source}: OpenCV could not open this video")
-        count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-
-        def frames() -> Iterator[tuple[str, np.ndarray]]:
-            try:
-                index = 0
-                while True:
-                    ok, bgr = cap.read()
-                    if not ok:
-                        return
-                    yield f"{path.stem}_{index:06d}", cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-                    index += 1
-            finally:
-                cap.release()
-
-        return count, frames()
-    return 1, iter([(path.name, load_image(path))])
+    @property
+    def complete(self) -> bool:
+        return not (self.failed or self.stopped or self.error or self.interrupted)
 
 
-def _category_ids(class_names: tuple[str, ...]) -> list[int]:
+def coco_category_ids(class_names: tuple[str, ...]) -> list[int]:
     # COCO models report COCO category ids so the JSON evaluates as is; other models their contiguous labels.
     return list(COCO_CATEGORY_IDS) if tuple(class_names) == COCO_CLASSES else list(range(len(class_names)))
 
 
+class _Drawer:
+    """The drawing stage: annotated pictures under their own names, or frames appended to one annotated video."""
+
+    def __init__(self, out_dir: Path, src: Source, vid_stride: int, tracker: ByteTracker | None, trails: bool) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.out_dir, self.tracker, self.trails = out_dir, tracker, trails
+        self.names, self.written, self.video = OutputNames(), [], None
+        if src.kind != "images":
+            stem = Path(src.name).stem if src.kind == "video" else src.kind
+            fps = (src.fps or 25.0) / vid_stride  # the output plays at the source's speed
+            self.video = VideoWriter(out_dir / self.names(f"{stem}.mp4"), fps)
+            self.written.append(str(self.video.path))
+
+    def __call__(self, frames: list[Frame], results: list[Results | None]) -> list[Results | None]:
+        trails = self.tracker.trails() if self.tracker is not None and self.trails else None
+        for frame, res in zip(frames, results):
+            if res is None:
+                continue
+            drawn = res.draw(frame.image, color="rgb", trails=trails)
+            if self.video is not None:
+                self.video.write(drawn)
+                continue
+            target = self.out_dir / self.names(frame.name)  # the input's own name and format: no a.jpg/a.png clash
+            if not cv2.imwrite(str(target), cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR)):
+                raise OSError(f"could not write {target}")
+            self.written.append(str(target))
+        return results
+
+    def close(self) -> None:
+        if self.video is not None:
+            self.video.close()
+
+
+def _tracking_stage(tracker: ByteTracker) -> Stage:
+    def track(frames: list[Frame], results: list[Results | None]) -> list[Results | None]:
+        return [None if r is None else tracker.update(r) for r in results]
+
+    return Stage("track", track)
+
+
 def predict_source(
     segmenter: Segmenter,
-    source: str | os.PathLike,
+    source: SourceLike,
     save_dir: str | os.PathLike | None = None,
     json_path: str | os.PathLike | None = None,
+    *,
+    tracker: ByteTracker | None = None,
+    mot_path: str | os.PathLike | None = None,
+    trails: bool = False,
+    pipeline: bool = True,
+    batch: int = 1,
+    vid_stride: int = 1,
+    realtime: bool | None = None,
+    timeout: float = 10.0,
+    every: int = 50,
     progress: bool = True,
 ) -> PredictSummary:
-    """Segment every frame of ``source``; draw results into ``save_dir`` and write COCO-style JSON to ``json_path``.
+    """Segment (and with ``tracker``, track) every frame of ``source``, writing as frames complete.
 
-    Images are saved as ``<save_dir>/<name>.jpg``; a video is saved as ``<save_dir>/<stem>.mp4``. The JSON is a
-    COCO results list (``image_id`` = frame index) with an added ``file_name``.
+    Args:
+        save_dir: annotated pictures (same names and formats as the inputs) or ``<stem>.mp4`` for a video or live
+            source (H.264 where PyAV is installed, else mp4v, at the source frame rate / ``vid_stride``). Must not
+            be a folder that holds an input.
+        json_path: ``.jsonl``: one line per frame; else a COCO results list (``image_id`` = frame index, with
+            ``file_name``) rewritten atomically every ``every`` frames. See ``durable.ResultsFile``.
+        tracker: a ``ByteTracker``; then instances carry ``track_ids`` and ``mot_path`` gets MOTChallenge lines.
+        trails: draw recent track centres.
+        pipeline, batch, vid_stride, realtime, timeout: see ``Segmenter.stream``.
+    Returns:
+        A ``PredictSummary``; it is complete unless images failed, a video was truncated, a stage failed or the
+        run was interrupted (the partial results are on disk in every case).
     """
     from tqdm import tqdm
 
-    for output, what, folder in ((save_dir, "--save", True), (json_path, "--json", False)):
+    for output, what, folder in ((save_dir, "--save", True), (json_path, "--json", False), (mot_path, "--mot", False)):
         if output:
             check_writable(output, what, folder)  # before any frame is run
-    count, frames = iter_frames(source)
-    is_video = Path(source).suffix.lower() in VIDEO_SUFFIXES
+    src = open_source(source, timeout=timeout)
     out_dir = Path(save_dir) if save_dir else None
-    if out_dir:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    category_ids = _category_ids(segmenter.class_names)
-    summary, records, writer = PredictSummary(), [], None
-    totals: dict[str, float] = {}
+    refuse_input_overlap(src.files, out_dir, [Path(p) if p else None for p in (json_path, mot_path)])
+    if mot_path and tracker is None:
+        raise ValueError("MOT output needs tracking (fastinst-rt track)")
+    summary, stats = PredictSummary(), StreamStats()
+    drawer = _Drawer(out_dir, src, vid_stride, tracker, trails) if out_dir else None
+    results_file = ResultsFile(json_path, every) if json_path else None
+    mot = TextLog(mot_path) if mot_path else None
+    stages = ([_tracking_stage(tracker)] if tracker else []) + ([Stage("draw", drawer)] if drawer else [])
+    category_ids = coco_category_ids(segmenter.class_names)
+    total = -(-src.count // vid_stride) if src.count else None
+    bar = tqdm(total=total, desc="track" if tracker else "predict", disable=not progress, unit="frame")
     try:
-        for index, (name, rgb) in enumerate(tqdm(frames, total=count or None, desc="predict", disable=not progress)):
-            res = segmenter.predict(rgb, color="rgb")
-            summary.frames += 1
-            summary.instances += len(res)
-            for k, v in res.speed.items():
-                totals[k] = totals.get(k, 0.0) + v
-            for rec in res.to_coco(index, category_ids):
-                rec["file_name"] = name
-                records.append(rec)
-            if out_dir is None:
-                continue
-            drawn = res.draw(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-            if is_video:
-                if writer is None:
-                    target = out_dir / (Path(source).stem + ".mp4")
-                    fps = cv2.VideoCapture(str(source)).get(cv2.CAP_PROP_FPS) or 25.0
-                    writer = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*"mp4v"), fps, drawn.shape[1::-1])
-                    summary.written.append(str(target))
-                writer.write(drawn)
-            else:
-                target = out_dir / (Path(name).stem + ".jpg")
-                if not cv2.imwrite(str(target), drawn):
-                    raise OSError(f"could not write {target}")
-                summary.written.append(str(target))
+        frames = segment_stream(segmenter, src, batch=batch, vid_stride=vid_stride, realtime=realtime,
+                                pipeline=pipeline, conf=_stream_conf(segmenter, tracker), skip_bad=True,
+                                extra_stages=stages, stats=stats)  # fmt: skip
+        with closing(frames):
+            for frame, res in frames:
+                bar.update(1)
+                _record(summary, frame, res, results_file, mot, category_ids, bar)
+    except StreamError as e:
+        summary.error = str(e)
+    except KeyboardInterrupt:
+        summary.interrupted = True
     finally:
-        if writer is not None:
-            writer.release()
-    summary.speed = {k: v / max(summary.frames, 1) for k, v in totals.items()}
-    if json_path:
-        write_atomic(json_path, json.dumps(records))  # never leave a half-written JSON behind
-        summary.written.append(str(json_path))
+        bar.close()
+        for out in (drawer, results_file, mot, src):
+            if out is not None:
+                out.close()
+    if summary.frames == 0 and not summary.interrupted and (summary.error or summary.failed):
+        # Nothing was done: a plain error (e.g. the one image given cannot be used), not a partial run.
+        name, why = summary.failed[0] if summary.failed else ("", summary.error)
+        more = f" (and {len(summary.failed) - 1} more)" if len(summary.failed) > 1 else ""
+        raise ValueError(f"{name}: {why}{more}" if name else why)
+    summary.stopped, summary.dropped = src.stopped, stats.dropped
+    summary.speed = stats.ms_per_frame()
+    summary.written = (drawer.written if drawer else []) + [str(p) for p in (json_path, mot_path) if p]
     return summary
+
+
+def _stream_conf(segmenter: Segmenter, tracker: ByteTracker | None) -> float | None:
+    # The tracker's second stage uses detections below the user's threshold; only tracked ones are reported.
+    return None if tracker is None else min(segmenter.conf, tracker.low_score)
+
+
+def _record(summary: PredictSummary, frame: Frame, res: Results | None, results_file: ResultsFile | None,
+            mot: TextLog | None, category_ids: list[int], bar: Any) -> None:  # fmt: skip
+    summary.last_frame = frame.index
+    if res is None:
+        summary.failed.append((frame.name, frame.error or "unreadable"))
+        if not bar.disable:  # live feedback beside the bar; the summary lists every failure at the end anyway
+            bar.write(f"skipped {frame.name}: {frame.error}", file=sys.stderr)
+        return
+    summary.frames += 1
+    summary.instances += len(res)
+    if results_file is not None:
+        results_file.add(frame.index, frame.name, frame.timestamp, res.to_coco(frame.index, category_ids))
+    if mot is not None:
+        from ..tracking.mot import mot_lines
+
+        mot.write(mot_lines(res, frame.index + 1))

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import colorsys
 from collections.abc import Sequence
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
 from .postprocess import boxes_from_masks
+
+if TYPE_CHECKING:
+    from .sources import Frame
 
 __all__ = ["Results"]
 
@@ -30,6 +33,8 @@ class Results:
         boxes: (N, 4) float32 xyxy pixel-edge boxes (x2, y2 exclusive), from the masks unless given.
         class_names: the model's class names, indexed by label.
         orig_shape: (H, W) of the image.
+        track_ids: (N,) int64 persistent instance ids from a tracker (``Segmenter.track``), else None.
+        frame: the source ``Frame`` (index, timestamp, name, RGB image) when the results come from a stream.
         speed: milliseconds per stage (e.g. ``{"preprocess": 1.2, "inference": 8.0, "postprocess": 3.1}``).
     """
 
@@ -41,6 +46,7 @@ class Results:
         class_names: Sequence[str],
         boxes: np.ndarray | None = None,
         speed: dict[str, float] | None = None,
+        track_ids: np.ndarray | None = None,
     ) -> None:
         masks, scores, labels = np.asarray(masks), np.asarray(scores), np.asarray(labels)
         if masks.ndim != 3 or masks.dtype != bool:
@@ -64,6 +70,13 @@ class Results:
         self.boxes = boxes.astype(np.float32, copy=False)
         self.orig_shape: tuple[int, int] = (int(masks.shape[1]), int(masks.shape[2]))
         self.speed: dict[str, float] = dict(speed or {})
+        if track_ids is not None:
+            track_ids = np.asarray(track_ids)
+            if track_ids.shape != (n,) or not np.issubdtype(track_ids.dtype, np.integer):
+                raise ValueError(f"track_ids must be ({n},) integer, got {track_ids.dtype} {track_ids.shape}")
+            track_ids = track_ids.astype(np.int64, copy=False)
+        self.track_ids: np.ndarray | None = track_ids
+        self.frame: Frame | None = None
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
@@ -81,9 +94,11 @@ class Results:
                 raise IndexError(f"boolean index of shape {index.shape} for {len(self)} instances")
             if index.dtype != bool and not np.issubdtype(index.dtype, np.integer):
                 raise IndexError(f"index must be int, slice, int array or bool array, got {index.dtype}")
-        return Results(
-            self.masks[index], self.scores[index], self.labels[index], self.class_names, self.boxes[index], self.speed
-        )
+        ids = None if self.track_ids is None else self.track_ids[index]
+        out = Results(self.masks[index], self.scores[index], self.labels[index], self.class_names, self.boxes[index],
+                      self.speed, ids)  # fmt: skip
+        out.frame = self.frame
+        return out
 
     def __repr__(self) -> str:
         names = ", ".join(self.names[:5]) + (", ..." if len(self) > 5 else "")
@@ -132,11 +147,22 @@ class Results:
             "scores": [float(s) for s in self.scores],
             "boxes": self.boxes.tolist(),
             "orig_shape": list(self.orig_shape),
+            **({"track_ids": self.track_ids.tolist()} if self.track_ids is not None else {}),
             "speed": {k: float(v) for k, v in self.speed.items()},
         }
 
-    def draw(self, image: np.ndarray, color: str = "bgr", alpha: float = 0.5, show_labels: bool = True) -> np.ndarray:
+    def draw(
+        self,
+        image: np.ndarray,
+        color: str = "bgr",
+        alpha: float = 0.5,
+        show_labels: bool = True,
+        trails: dict[int, Sequence[tuple[float, float]]] | None = None,
+    ) -> np.ndarray:
         """An annotated copy of ``image``: translucent class-coloured masks, contours, boxes and "name score" labels.
+
+        With ``track_ids``, colours follow the track and labels read "#id name score"; ``trails`` (track id -> recent
+        (x, y) centres, e.g. ``ByteTracker.trails()``) are drawn as polylines.
 
         Args:
             image: (H, W, 3) uint8 with (H, W) == ``orig_shape``; not modified.
@@ -162,7 +188,8 @@ class Results:
             x1, y1, x2, y2 = (int(v) for v in self.boxes[i])
             if x2 <= x1 or y2 <= y1:
                 continue  # empty mask: nothing to draw
-            rgb = _class_color(int(self.labels[i]))
+            ids = self.track_ids
+            rgb = _class_color(int(ids[i]) if ids is not None else int(self.labels[i]))
             col = rgb[::-1] if color == "bgr" else rgb
             # Work inside the box only: the masks are sparse and whole-image boolean indexing is N x H x W.
             m = self.masks[i, y1:y2, x1:x2]
@@ -174,7 +201,14 @@ class Results:
             cv2.drawContours(out, contours, -1, col, thick, cv2.LINE_AA)
             if show_labels:
                 cv2.rectangle(out, (x1, y1), (x2 - 1, y2 - 1), col, thick)
-                _put_label(out, f"{self.class_names[self.labels[i]]} {self.scores[i]:.2f}", (x1, y1), col, thick)
+                prefix = f"#{ids[i]} " if ids is not None else ""
+                text = f"{prefix}{self.class_names[self.labels[i]]} {self.scores[i]:.2f}"
+                _put_label(out, text, (x1, y1), col, thick)
+        for track_id, points in (trails or {}).items():
+            if len(points) > 1:
+                rgb = _class_color(int(track_id))
+                pts = np.round(np.asarray(points)).astype(np.int32).reshape(-1, 1, 2)
+                cv2.polylines(out, [pts], False, rgb[::-1] if color == "bgr" else rgb, thick, cv2.LINE_AA)
         return out
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import closing
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -18,7 +20,20 @@ from .postprocess import instances_from_pairs
 from .preprocess import ImageSource, PreprocessInfo, check_test_size, load_image, prepare
 from .results import Results
 
-__all__ = ["Segmenter"]
+if TYPE_CHECKING:
+    from ..tracking import ByteTracker
+    from .sources import SourceLike
+
+__all__ = ["Prepared", "Segmenter"]
+
+
+class Prepared(NamedTuple):
+    """A pre-processed batch (``Segmenter.prepare``): (B, 3, H, W) uint8 padded RGB, (B, 2) int64 valid sizes, and
+    each image's original and resized size."""
+
+    batch: np.ndarray
+    sizes: np.ndarray
+    metas: list[PreprocessInfo]
 
 
 class Segmenter:
@@ -106,18 +121,11 @@ class Segmenter:
         if len(images) == 0:
             return []
         t0 = time.perf_counter()
-        batch, sizes, metas = self.prepare([load_image(im, color) for im in images])
-        self._check_positions(batch.shape[-2:], metas)
+        prepared = self.preprocess(images, color)
         t1 = time.perf_counter()
-        out = self.backend.infer(batch, sizes, max_det=self.max_det)  # the selected pairs, whatever the backend
+        out = self.infer(prepared)
         t2 = time.perf_counter()
-        results = []
-        for i, meta in enumerate(metas):
-            scores, labels, masks = instances_from_pairs(
-                out["scores"][i], out["labels"][i], out["query"][i], out["masks"][i], meta.resized_size,
-                batch.shape[-2:], meta.orig_size, conf=self.conf,
-            )  # fmt: skip
-            results.append(Results(masks, scores, labels, self.class_names))
+        results = self.postprocess(out, prepared)
         t3 = time.perf_counter()
         n = len(images)
         speed = {
@@ -129,10 +137,92 @@ class Segmenter:
             r.speed = dict(speed)
         return results
 
-    def stream(self, frames: Iterable[ImageSource], color: str = "bgr") -> Iterator[Results]:
-        """Segment a sequence of frames (e.g. decoded video) lazily, one ``Results`` per frame."""
-        for frame in frames:
-            yield self.predict(frame, color)
+    def stream(
+        self,
+        source: SourceLike,
+        *,
+        batch: int = 1,
+        vid_stride: int = 1,
+        realtime: bool | None = None,
+        pipeline: bool = True,
+        queue_size: int = 4,
+        timeout: float = 10.0,
+        color: str = "bgr",
+        conf: float | None = None,
+    ) -> Iterator[Results]:
+        """Segment a video, camera, stream URL, folder or iterable of frames, yielding one ``Results`` per frame.
+
+        Decoding, pre-processing, inference and post-processing run as overlapped threads joined by bounded
+        queues (``pipeline=False``: the same steps one after another). Results come in frame order, each with
+        ``.frame`` (index in the source, timestamp in seconds, name, the RGB image, frames dropped so far).
+
+        Args:
+            source: see ``fastinst_rt.runtime.sources.open_source`` (path, list of paths, camera index, URL,
+                iterable of images or an opened ``Source``).
+            batch: frames per backend call (artifacts with a fixed batch take exactly theirs).
+            vid_stride: keep every n-th frame of the source.
+            realtime: always process the newest frame and count the dropped ones (default: for live sources).
+                Files never drop.
+            queue_size: frames or batches buffered between two stages (back-pressure beyond that).
+            timeout: seconds to wait for a live source to connect or deliver a frame.
+            color: channel order of arrays in an iterable of frames ("bgr" or "rgb").
+            conf: score threshold for this stream instead of the Segmenter's.
+        Raises:
+            StreamError: a stage failed (``.stage``, ``.frame_index``; the cause is chained). Bad images in a
+                folder raise too; ``fastinst-rt predict`` reports and skips them instead.
+        """
+        from .stream import segment_stream
+
+        if self.closed:
+            raise RuntimeError("this Segmenter is closed; create a new one to stream")
+        frames = segment_stream(
+            self, source, batch=batch, vid_stride=vid_stride, realtime=realtime, pipeline=pipeline,
+            queue_size=queue_size, timeout=timeout, color=color, conf=conf, skip_bad=False,
+        )  # fmt: skip
+        with closing(frames):  # closing this generator early stops the pipeline at once, not at garbage collection
+            for frame, res in frames:
+                res.frame = frame
+                yield res
+
+    def track(self, source: SourceLike, tracker: ByteTracker | None = None, **stream_options: Any) -> Iterator[Results]:
+        """``stream`` with persistent instance ids: each ``Results`` has ``track_ids`` (N,) int64.
+
+        Args:
+            tracker: a ``fastinst_rt.tracking.ByteTracker`` (default: one with its default thresholds). Detections
+                down to its ``low_score`` are used for the second association stage; the yielded results hold
+                the tracked instances only.
+            stream_options: passed to ``stream`` (``batch``, ``vid_stride``, ``realtime``, ``pipeline``, ...).
+        """
+        from ..tracking import ByteTracker
+
+        tracker = tracker or ByteTracker()
+        stream_options.setdefault("conf", min(self.conf, tracker.low_score))
+        for res in self.stream(source, **stream_options):
+            yield tracker.update(res)
+
+    # -- the three steps of ``predict_batch``, public so that a pipeline can run each in its own thread --------------
+
+    def preprocess(self, images: Sequence[ImageSource], color: str = "bgr") -> Prepared:
+        """Load, resize and pad images (``prepare``): the (B, 3, H, W) uint8 batch and each image's sizes."""
+        prepared = Prepared(*self.prepare([load_image(im, color) for im in images]))
+        self._check_positions(prepared.batch.shape[-2:], prepared.metas)
+        return prepared
+
+    def infer(self, prepared: Prepared) -> dict[str, np.ndarray]:
+        """Run the backend on a prepared batch; returns the selected pairs of the backend output contract."""
+        return self.backend.infer(prepared.batch, prepared.sizes, max_det=self.max_det)
+
+    def postprocess(self, out: dict[str, np.ndarray], prepared: Prepared, conf: float | None = None) -> list[Results]:
+        """The selected pairs as one ``Results`` per image at its original size; ``conf`` overrides ``self.conf``."""
+        conf = self.conf if conf is None else conf
+        results = []
+        for i, meta in enumerate(prepared.metas):
+            scores, labels, masks = instances_from_pairs(
+                out["scores"][i], out["labels"][i], out["query"][i], out["masks"][i], meta.resized_size,
+                prepared.batch.shape[-2:], meta.orig_size, conf=conf,
+            )  # fmt: skip
+            results.append(Results(masks, scores, labels, self.class_names))
+        return results
 
     def prepare(self, rgb: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, list[PreprocessInfo]]:
         """``preprocess.prepare`` with this model's test size, padding and fixed input size (if any)."""

@@ -22,9 +22,10 @@ from typing import Any
 import numpy as np
 
 from ..jobs.outputs import check_writable, write_atomic
-from ..jobs.predict import IMAGE_SUFFIXES, _category_ids
+from ..jobs.predict import coco_category_ids
 from ..runtime.preprocess import ImageError
 from ..runtime.segmenter import Segmenter
+from ..runtime.sources import IMAGE_SUFFIXES
 from .wire import decode_image
 
 __all__ = ["BatchSummary", "predict_ray", "list_images"]
@@ -66,7 +67,7 @@ class _Predictor:
 
     def __init__(self, model: str, options: dict[str, Any]) -> None:
         self.seg = Segmenter(model, **options)
-        self.category_ids = _category_ids(self.seg.class_names)
+        self.category_ids = coco_category_ids(self.seg.class_names)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         results, errors = [], []

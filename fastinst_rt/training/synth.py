@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-__all__ = ["SHAPES", "make_synthetic_dataset"]
+__all__ = ["SHAPES", "draw_shape", "make_synthetic_dataset"]
 
 #: The shape classes ``make_synthetic_dataset`` can draw (the default is the first four).
 SHAPES = ("circle", "square", "triangle", "star", "ring")
@@ -40,10 +40,16 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
 
 def _shape_mask(rng: np.random.Generator, kind: str, h: int, w: int) -> np.ndarray:
     """(h, w) uint8 mask of one shape of ``kind`` at a random position, size and rotation."""
-    m = np.zeros((h, w), dtype=np.uint8)
     r = rng.uniform(0.07, 0.2) * min(h, w)
     cx, cy = rng.uniform(0.05 * w, 0.95 * w), rng.uniform(0.05 * h, 0.95 * h)
     theta = rng.uniform(0, 2 * np.pi)
+    return draw_shape(kind, h, w, cx, cy, r, theta)
+
+
+def draw_shape(kind: str, h: int, w: int, cx: float, cy: float, r: float, theta: float) -> np.ndarray:
+    """(h, w) uint8 mask (1 inside) of a shape of ``kind`` centred at (cx, cy), of size ``r`` pixels, rotated by
+    ``theta`` radians; parts outside the image are cut off."""
+    m = np.zeros((h, w), dtype=np.uint8)
 
     def polygon(radii: Sequence[float], n: int) -> np.ndarray:
         a = theta + np.arange(n) * 2 * np.pi / n
