@@ -241,11 +241,8 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="fastinst-rt", description="FastInst instance segmentation: run, export, deploy.")
-    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_predict_parsers(sub: argparse._SubParsersAction) -> None:
+    """predict and track: one source in, instances (and track ids) out."""
     for name in ("predict", "track"):
         if name == "predict":
             p = sub.add_parser(name, help="segment images, a folder, a video, a camera or a stream URL")
@@ -276,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
             serving_cli.add_ray_options(p)
         p.set_defaults(func=_cmd_predict)
 
+
+def _add_artifact_parsers(sub: argparse._SubParsersAction) -> None:
+    """info, export and build: what a model is, and the artifacts made from it."""
     p = sub.add_parser("info", help="describe a checkpoint or artifact: variant, architecture, classes, test size")
     p.add_argument("model", help="checkpoint, artifact or zoo name")
     p.add_argument("--backend", choices=("torch", "onnxruntime", "tensorrt"))
@@ -304,6 +304,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="activation-range calibration (default percentile, 99.999)")  # fmt: skip
     p.set_defaults(func=_cmd_export)
 
+    p = sub.add_parser("build", help="build a TensorRT engine from an exported ONNX file, on this GPU")
+    p.add_argument("onnx", help="the .onnx file from `fastinst-rt export`")
+    p.add_argument("--output", "-o", help="engine path (default: beside the ONNX, named by GPU/TensorRT/precision)")
+    p.add_argument("--fp16", action="store_true", help="FP16 kernels for an FP32 graph (TensorRT < 11)")
+    p.add_argument("--workspace", type=float, default=4.0, help="builder workspace in GiB (default 4)")
+    p.add_argument("--min-shape", help="dynamic graphs: smallest images shape, e.g. 1x3x320x320")
+    p.add_argument("--opt-shape", help="dynamic graphs: the shape to tune for, e.g. 1x3x576x800")
+    p.add_argument("--max-shape", help="dynamic graphs: largest images shape, e.g. 4x3x800x800")
+    p.add_argument("--max-batch", type=int, default=1, help="largest batch of the default dynamic profile")
+    p.add_argument("--timing-cache", help="read and update this timing cache (faster rebuilds)")
+    p.add_argument("--device", type=int, default=0, help="CUDA device index")
+    p.add_argument("--force", action="store_true", help="rebuild even if an up-to-date engine exists")
+    p.set_defaults(func=_cmd_build)
+
+
+def _add_training_parsers(sub: argparse._SubParsersAction) -> None:
+    """train and synth."""
     p = sub.add_parser("train", help="train a model on a COCO-format dataset (the paper's recipe)")
     p.add_argument("--data", required=True, help="COCO instances JSON (polygons or RLE)")
     p.add_argument("--images", required=True, help="folder the JSON's file names are relative to")
@@ -339,20 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=float, default=25.0, help="frame rate of --video (default 25)")
     p.set_defaults(func=_cmd_synth)
 
-    p = sub.add_parser("build", help="build a TensorRT engine from an exported ONNX file, on this GPU")
-    p.add_argument("onnx", help="the .onnx file from `fastinst-rt export`")
-    p.add_argument("--output", "-o", help="engine path (default: beside the ONNX, named by GPU/TensorRT/precision)")
-    p.add_argument("--fp16", action="store_true", help="FP16 kernels for an FP32 graph (TensorRT < 11)")
-    p.add_argument("--workspace", type=float, default=4.0, help="builder workspace in GiB (default 4)")
-    p.add_argument("--min-shape", help="dynamic graphs: smallest images shape, e.g. 1x3x320x320")
-    p.add_argument("--opt-shape", help="dynamic graphs: the shape to tune for, e.g. 1x3x576x800")
-    p.add_argument("--max-shape", help="dynamic graphs: largest images shape, e.g. 4x3x800x800")
-    p.add_argument("--max-batch", type=int, default=1, help="largest batch of the default dynamic profile")
-    p.add_argument("--timing-cache", help="read and update this timing cache (faster rebuilds)")
-    p.add_argument("--device", type=int, default=0, help="CUDA device index")
-    p.add_argument("--force", action="store_true", help="rebuild even if an up-to-date engine exists")
-    p.set_defaults(func=_cmd_build)
 
+def _add_measure_parsers(sub: argparse._SubParsersAction) -> None:
+    """bench, eval and demo."""
     p = sub.add_parser("bench", help="latency per stage of models/backends side by side (table, JSON, chart)")
     p.add_argument("models", nargs="+", help="checkpoints, .onnx or .engine files, zoo names")
     p.add_argument("--backend", action="append", choices=("torch", "onnxruntime", "tensorrt"),
@@ -390,6 +396,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iters", type=int, default=10, help="timed iterations per backend")
     p.set_defaults(func=_cmd_demo)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="fastinst-rt", description="FastInst instance segmentation: run, export, deploy.")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    _add_predict_parsers(sub)
+    _add_artifact_parsers(sub)
+    _add_training_parsers(sub)
+    _add_measure_parsers(sub)
     serving_cli.add_serve_parser(sub, _add_model_options)
     serving_cli.add_export_triton_parser(sub)
     for p in sub.choices.values():  # also accepted after the subcommand; SUPPRESS keeps a --debug given before it
