@@ -47,6 +47,12 @@ _PERCENTILE = 99.999
 # Float biases: TensorRT's parser takes only float inputs to DequantizeLinear (an int32 bias DQ is refused), and
 # ONNX Runtime fuses the integer convolution with a float bias just the same (measured: 26 QLinearConv either way).
 QUANTIZE_BIAS = False
+# 7-bit weights (range [-64, 64], still symmetric int8 for TensorRT). ONNX Runtime's integer convolution on x86
+# CPUs without VNNI (AVX2, AVX-512F) sums u8 x s8 products pairwise in int16, which saturates past 32767: with
+# 8-bit weights, 255 x 127 x 2 does. Measured on the bundled model on an AVX2-only EPYC: the fused graph's top-10
+# scores moved 0.059 from FP32 against 0.022 for the same Q/DQ graph computed in float, and the export gate refused
+# it; with 7-bit weights 0.022 fused or not (benchmarks/README.md, result 8).
+REDUCE_RANGE = True
 
 
 def _log(progress: bool, msg: str) -> None:
@@ -170,7 +176,7 @@ def quantize_onnx(
         # takes; per-channel weight scales keep the convolutions' accuracy.
         quantize_static(
             src, dst, Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
-            weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=list(op_types),
+            weight_type=QuantType.QInt8, per_channel=True, reduce_range=REDUCE_RANGE, op_types_to_quantize=list(op_types),
             nodes_to_quantize=nodes, calibrate_method=calib,
             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "CalibPercentile": _PERCENTILE,
                            "QuantizeBias": QUANTIZE_BIAS, "DedicatedQDQPair": True},

@@ -147,9 +147,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         path = make_synthetic_video(args.output, args.frames, args.seed, (h, w), classes, fps=args.fps)
         print(f"wrote {path}, {path.parent / 'gt.txt'} and {path.parent / 'annotations.json'} ({args.frames} frames)")
         return 0
-    path = make_synthetic_dataset(
-        args.output, args.num, args.seed, (h, w), classes, image_format=args.format, segmentation=args.segmentation
-    )
+    formats = {"image_format": args.format, "segmentation": args.segmentation, "border_cut": args.border_cut}
+    path = make_synthetic_dataset(args.output, args.num, args.seed, (h, w), classes, **formats)
     print(f"wrote {args.num} images to {path.parent / 'images'} and {path}")
     return 0
 
@@ -351,6 +350,8 @@ def _add_training_parsers(sub: argparse._SubParsersAction) -> None:
                    "circle,square,triangle,star,ring")  # fmt: skip
     p.add_argument("--format", choices=("jpg", "png"), default="jpg")
     p.add_argument("--segmentation", choices=("rle", "polygon"), default="rle")
+    p.add_argument("--border-cut", type=float, default=0.0, help="share of shapes cut by an image edge, as in "
+                   "videos (default 0)")  # fmt: skip
     p.add_argument("--video", action="store_true", help="a video with MOT ground truth instead (video.mp4, gt.txt)")
     p.add_argument("--frames", type=int, default=300, help="frames of --video (default 300)")
     p.add_argument("--fps", type=float, default=25.0, help="frame rate of --video (default 25)")

@@ -149,6 +149,30 @@ def test_int8_graph_follows_tensorrt_rules_and_says_int8(demo_int8: dict, capsys
     assert json.loads(capsys.readouterr().out)["precision"] == "int8"
 
 
+def _integer_convolutions(path: Path, optimized: Path, disabled_optimizers: list[str]) -> int:
+    """QLinearConv nodes in ONNX Runtime's CPU-optimized form of ``path``."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath, opts.log_severity_level = str(optimized), 3
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"], disabled_optimizers=disabled_optimizers)
+    return [n.op_type for n in onnx.load(str(optimized)).graph.node].count("QLinearConv")
+
+
+def test_every_quantized_convolution_runs_as_an_integer_kernel(demo_int8: dict, tmp_path: Path) -> None:
+    """With the backend's session settings ONNX Runtime fuses each DQ -> Conv -> Q of the graph into an integer
+    convolution; with its defaults, a third stay float convolutions between Q/DQ (why: backends/ort.py)."""
+    from fastinst_rt.runtime.backends.ort import INT8_DISABLED_OPTIMIZERS
+
+    proto = onnx.load(str(demo_int8["path"]))
+    producer = {o: n.op_type for n in proto.graph.node for o in n.output}
+    quantized = sum(n.op_type == "Conv" and producer.get(n.input[1]) == "DequantizeLinear" for n in proto.graph.node)
+    assert quantized >= 30
+    assert _integer_convolutions(demo_int8["path"], tmp_path / "a.onnx", INT8_DISABLED_OPTIMIZERS) == quantized
+    # If ONNX Runtime's defaults ever fuse them all, the setting in backends/ort.py can go.
+    assert _integer_convolutions(demo_int8["path"], tmp_path / "b.onnx", []) < quantized
+
+
 def test_bundled_model_int8_keeps_its_mask_ap(demo_int8: dict) -> None:
     """INT8 within 1.0 mask AP of FP32 on held-out images (benchmarks/README.md result 5 measured +0.3 on 60)."""
     from fastinst_rt.jobs.evaluate import evaluate_coco

@@ -38,11 +38,19 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return img + rng.normal(0, 8, size=(h, w, 3))
 
 
-def _shape_mask(rng: np.random.Generator, kind: str, h: int, w: int) -> np.ndarray:
-    """(h, w) uint8 mask of one shape of ``kind`` at a random position, size and rotation."""
+def _shape_mask(rng: np.random.Generator, kind: str, h: int, w: int, border_cut: float = 0.0) -> np.ndarray:
+    """(h, w) uint8 mask of one shape of ``kind`` at a random position, size and rotation; with probability
+    ``border_cut`` its centre lies within 0.8 of its size of an image edge, inside or out, so the edge cuts it as
+    it cuts a shape entering or leaving a video."""
     r = rng.uniform(0.07, 0.2) * min(h, w)
     cx, cy = rng.uniform(0.05 * w, 0.95 * w), rng.uniform(0.05 * h, 0.95 * h)
     theta = rng.uniform(0, 2 * np.pi)
+    if border_cut and rng.random() < border_cut:  # no extra draws at 0, so older datasets stay identical
+        side, offset = int(rng.integers(4)), rng.uniform(-0.8, 0.8) * r
+        if side < 2:
+            cx = offset if side == 0 else w - offset
+        else:
+            cy = offset if side == 2 else h - offset
     return draw_shape(kind, h, w, cx, cy, r, theta)
 
 
@@ -73,7 +81,9 @@ def draw_shape(kind: str, h: int, w: int, cx: float, cy: float, r: float, theta:
     return m
 
 
-def _render(rng: np.random.Generator, h: int, w: int, classes: Sequence[str], max_instances: int) -> tuple:
+def _render(
+    rng: np.random.Generator, h: int, w: int, classes: Sequence[str], max_instances: int, border_cut: float = 0.0
+) -> tuple:
     """One image: (h, w, 3) uint8 RGB, and a list of (label, (h, w) bool visible mask)."""
     img = _background(rng, h, w)
     owner = np.full((h, w), -1, dtype=np.int32)  # which instance each pixel shows
@@ -81,7 +91,7 @@ def _render(rng: np.random.Generator, h: int, w: int, classes: Sequence[str], ma
     for _ in range(int(rng.integers(2, max_instances + 1))):
         label = int(rng.integers(len(classes)))
         for _attempt in range(20):
-            m = _shape_mask(rng, classes[label], h, w).astype(bool)
+            m = _shape_mask(rng, classes[label], h, w, border_cut).astype(bool)
             if m.sum() < 2 * _MIN_AREA:
                 continue
             # Covering earlier instances is fine (that is the occlusion) as long as each stays mostly visible.
@@ -119,6 +129,7 @@ def make_synthetic_dataset(
     max_instances: int = 6,
     image_format: str = "jpg",
     segmentation: str = "rle",
+    border_cut: float = 0.0,
 ) -> Path:
     """Write ``num`` synthetic images and their COCO annotations.
 
@@ -131,6 +142,8 @@ def make_synthetic_dataset(
         max_instances: at most this many shapes per image (2 at least are attempted).
         image_format: "jpg" or "png".
         segmentation: "rle" (exact visible masks) or "polygon" (outer contours of the visible masks).
+        border_cut: share of the shapes placed across an image edge (0 to 1), partly outside the image like the
+            shapes that enter and leave the synthetic videos; 0 (the default) keeps every shape's centre inside.
     Returns:
         The path of ``annotations.json``.
     """
@@ -139,6 +152,8 @@ def make_synthetic_dataset(
         raise ValueError(f"classes must be 1 to {len(SHAPES)} of {SHAPES}, got {tuple(classes)}")
     if image_format not in ("jpg", "png") or segmentation not in ("rle", "polygon"):
         raise ValueError(f"bad image_format {image_format!r} or segmentation {segmentation!r}")
+    if not 0.0 <= border_cut <= 1.0:
+        raise ValueError(f"border_cut is a share of the shapes, from 0 to 1; got {border_cut}")
     if num < 1 or h < 32 or w < 32 or max_instances < 2:
         raise ValueError(f"need num >= 1, a size of at least 32x32 and max_instances >= 2; got {num}, {size}")
     root = Path(output_dir)
@@ -146,7 +161,7 @@ def make_synthetic_dataset(
     rng = np.random.default_rng(seed)
     images, annotations = [], []
     for i in range(num):
-        rgb, instances = _render(rng, h, w, classes, max_instances)
+        rgb, instances = _render(rng, h, w, classes, max_instances, border_cut)
         name = f"{i:06d}.{image_format}"
         cv2.imwrite(str(root / "images" / name), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
         images.append({"id": i + 1, "file_name": name, "height": h, "width": w})

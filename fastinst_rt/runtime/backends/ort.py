@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -16,6 +17,14 @@ from ...artifact import ArtifactMeta, cache_dir
 from .base import Backend, BackendInfo
 
 __all__ = ["OnnxRuntimeBackend"]
+
+# Off for INT8 graphs. The quantizer writes one Q per consumer of a tensor; ONNX Runtime's common-subexpression
+# elimination merges them into one Q feeding two DQs (a bottleneck's input feeds conv1 and the shortcut or the
+# residual Add); its int8-to-uint8 rewrite skips a Q with two consumers, and the x86 integer convolution takes only
+# uint8 activations. On fastinst-r50-d1 that left 22 of 64 quantized convolutions (every 1x1 conv1/shortcut) as
+# float convolutions between Q/DQ; with it off all 64 fuse (benchmarks/README.md, result 8). The same pass leaves
+# FP32 exports unchanged (365 nodes after optimization with or without it on fastinst-r50-d1, 456 on the demo).
+INT8_DISABLED_OPTIMIZERS = ["CommonSubexpressionElimination"]
 
 
 def _providers(device: str | None, available: list[str]) -> list:
@@ -68,13 +77,21 @@ class OnnxRuntimeBackend(Backend):
         opts = ort.SessionOptions()
         opts.log_severity_level = 3  # errors only: ORT's warnings about unused initializers are noise here
         chosen = providers or _providers(device, ort.get_available_providers())
-        try:
-            self.session = ort.InferenceSession(os.fspath(self.path), opts, providers=chosen)
-        except Exception as e:  # ORT raises its own exception types (InvalidProtobuf, Fail, NotImplemented, ...)
-            raise ValueError(self._load_error(e)) from None
+        self.session = self._open(ort, opts, chosen, [])
         self.meta = ArtifactMeta.from_props(self.session.get_modelmeta().custom_metadata_map, self.path)
+        if self.meta.precision == "int8":  # the metadata is only known from a session: open it once more
+            self.session = self._open(ort, opts, chosen, INT8_DISABLED_OPTIMIZERS)
         self.meta.check_io(_dims(self.session.get_inputs()), _dims(self.session.get_outputs()), self.path)
         super().__init__(BackendInfo.from_meta(self.meta, self.meta.batch, fixed_batch=True))
+
+    def _open(self, ort: Any, opts: Any, providers: list, disabled_optimizers: list[str]) -> Any:
+        """An ONNX Runtime session of ``self.path``; ValueError with the cause when it cannot be loaded."""
+        try:
+            return ort.InferenceSession(
+                os.fspath(self.path), opts, providers=providers, disabled_optimizers=disabled_optimizers
+            )
+        except Exception as e:  # ORT raises its own exception types (InvalidProtobuf, Fail, NotImplemented, ...)
+            raise ValueError(self._load_error(e)) from None
 
     def _load_error(self, e: Exception) -> str:
         text = str(e)
