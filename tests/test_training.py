@@ -242,6 +242,30 @@ def test_synth_is_deterministic_and_valid_coco(tmp_path: Path) -> None:
         assert mask.sum() == ann["area"] > 0 and not ann["iscrowd"]
 
 
+def _border_share(annotations: Path) -> float:
+    """Share of the instances whose box touches the image border."""
+    coco = json.loads(annotations.read_text())
+    size = {i["id"]: (i["width"], i["height"]) for i in coco["images"]}
+    touching = [
+        x <= 0 or y <= 0 or x + w >= size[a["image_id"]][0] or y + h >= size[a["image_id"]][1]
+        for a in coco["annotations"]
+        for x, y, w, h in [a["bbox"]]
+    ]
+    return float(np.mean(touching))
+
+
+def test_synth_border_cut_places_shapes_across_the_edges(tmp_path: Path) -> None:
+    """--border-cut cuts shapes at the image edges as a video's entering and leaving shapes are; 0 draws exactly
+    the older datasets (no extra random draws)."""
+    plain = make_synthetic_dataset(tmp_path / "plain", 30, seed=5, size=(96, 128))
+    zero = make_synthetic_dataset(tmp_path / "zero", 30, seed=5, size=(96, 128), border_cut=0.0)
+    cut = make_synthetic_dataset(tmp_path / "cut", 30, seed=5, size=(96, 128), border_cut=0.5)
+    assert _files(plain.parent) == _files(zero.parent)
+    assert _border_share(cut) > _border_share(plain) + 0.2, (_border_share(cut), _border_share(plain))
+    with pytest.raises(ValueError, match="border_cut"):
+        make_synthetic_dataset(tmp_path / "bad", 1, border_cut=1.5)
+
+
 def test_dataset_maps_categories_drops_crowd_and_augments(tmp_path: Path) -> None:
     Image.fromarray(np.full((100, 150, 3), 90, np.uint8)).save(tmp_path / "a.png")
     Image.fromarray(np.full((100, 150, 3), 90, np.uint8)).save(tmp_path / "b.png")
