@@ -35,9 +35,9 @@ def _interior(src: Path, dst: Path, h: int, w: int) -> None:
     dst.write_text("\n".join(keep) + "\n")
 
 
-def run_seed(seed: int, frames: int, work: Path, sheet_frames: list | None) -> dict:
+def run_seed(seed: int, frames: int, work: Path, sheet_frames: list | None, model: str = "fastinst-demo") -> dict:
     video = make_synthetic_video(work / str(seed), frames=frames, seed=seed)
-    seg = Segmenter("fastinst-demo")
+    seg = Segmenter(model)
     tracker = ByteTracker()
     lines, sheet_at = [], set(np.linspace(20, frames - 1, 8).astype(int).tolist()) if sheet_frames is not None else ()
     for res in seg.track(str(video), tracker=tracker):
@@ -58,16 +58,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[1001, 1002, 1003])
     ap.add_argument("--frames", type=int, default=300)
+    ap.add_argument("--model", default="fastinst-demo", help="zoo name or checkpoint (default fastinst-demo)")
     ap.add_argument("--out", required=True, help="path prefix: writes .json and .md")
     ap.add_argument("--sheet", help="contact sheet of 8 annotated frames of the first seed (JPEG)")
     args = ap.parse_args()
     sheet: list = []
     with tempfile.TemporaryDirectory() as tmp:
-        runs = [run_seed(s, args.frames, Path(tmp), sheet if i == 0 and args.sheet else None)
+        runs = [run_seed(s, args.frames, Path(tmp), sheet if i == 0 and args.sheet else None, args.model)
                 for i, s in enumerate(args.seeds)]  # fmt: skip
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"runs": runs, "model": "fastinst-demo (torch, CPU)"}, indent=1))
+    out.with_suffix(".json").write_text(json.dumps({"runs": runs, "model": f"{args.model} (torch, CPU)"}, indent=1))
     rows = ["| seed | frames | MOTA | IDF1 | ID switches | precision | recall | MOTA / IDF1 without border boxes |",
             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in runs:

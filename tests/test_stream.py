@@ -172,7 +172,8 @@ class _Slow(Segmenter):
         return super().infer(prepared)
 
 
-def test_realtime_mode_keeps_the_newest_frame_and_counts_drops(clip: Path) -> None:
+@pytest.mark.parametrize("pipeline", [True, False], ids=["pipelined", "sequential"])
+def test_realtime_mode_keeps_the_newest_frame_and_counts_drops(clip: Path, pipeline: bool) -> None:
     slow = _Slow("fastinst-demo", backend="torch", device="cpu", min_size=128, max_size=160)
     src = open_source(clip)
     images = [f.image for f in src.frames()] * 4  # 96 frames
@@ -184,12 +185,13 @@ def test_realtime_mode_keeps_the_newest_frame_and_counts_drops(clip: Path) -> No
             yield im
 
     stats = StreamStats()
-    frames = [f for f, _ in segment_stream(slow, paced(), color="rgb", realtime=True, stats=stats)]
+    stream = segment_stream(slow, paced(), color="rgb", realtime=True, pipeline=pipeline, stats=stats)
+    frames = [f for f, _ in stream]
     indices = [f.index for f in frames]
     assert indices == sorted(indices) and len(indices) < len(images)
     assert stats.dropped > 0 and len(indices) + stats.dropped == len(images)
     assert frames[-1].dropped == stats.dropped
-    never_drop = [f.index for f, _ in segment_stream(slow, images[:20], color="rgb", realtime=False)]
+    never_drop = [f.index for f, _ in segment_stream(slow, images[:20], color="rgb", realtime=False, pipeline=pipeline)]
     assert never_drop == list(range(20))
 
 

@@ -228,6 +228,36 @@ class _Pipeline:
                 warnings.warn(f"{t.name} did not stop within {_JOIN_TIMEOUT:g} s", RuntimeWarning, stacklevel=2)
 
 
+def _newest_frames(frames: Iterator[Frame], batch: int, stats: StreamStats) -> Iterator[Frame]:
+    """``frames`` read by a thread into a dropping buffer of ``batch`` frames, so that the sequential path too takes
+    the newest frame of a live source (not the oldest one its driver queued) and counts the dropped ones."""
+    buffer, stop = _FrameBuffer(batch, drop=True), threading.Event()
+
+    def read() -> None:
+        end: object = _END
+        try:
+            for frame in frames:
+                if not buffer.put(frame, stop.is_set):
+                    break
+        except BaseException as e:  # noqa: BLE001 - raised in the consumer below
+            end = _Failure("decode", None, e)
+        finally:
+            frames.close()
+            buffer.finish(end)
+
+    reader = threading.Thread(target=read, name="stream-decode", daemon=True)
+    reader.start()
+    try:
+        while isinstance(taken := buffer.take(1, stop.is_set), list):
+            stats.dropped = buffer.dropped
+            yield from taken
+        if isinstance(taken, _Failure):
+            raise taken.error
+    finally:
+        stop.set()
+        reader.join(_JOIN_TIMEOUT)
+
+
 def _sequential(frames: Iterator[Frame], stages: Sequence[Stage], batch: int, stats: StreamStats) -> Iterator[tuple]:
     """The same stages, one packet at a time, in the caller's thread."""
     index = -1
@@ -267,8 +297,10 @@ def run_stages(
         raise ValueError("a stream needs at least one stage")
     stats = stats if stats is not None else StreamStats()
     start = time.perf_counter()
-    run = (_Pipeline(frames, stages, batch, realtime, queue_size, stats).packets() if pipeline
-           else _sequential(frames, stages, batch, stats))  # fmt: skip
+    if pipeline:
+        run = _Pipeline(frames, stages, batch, realtime, queue_size, stats).packets()
+    else:
+        run = _sequential(_newest_frames(frames, batch, stats) if realtime else frames, stages, batch, stats)
     with closing(run):
         for packet in run:
             stats.frames += len(packet[0])
