@@ -266,6 +266,29 @@ def test_synth_border_cut_places_shapes_across_the_edges(tmp_path: Path) -> None
         make_synthetic_dataset(tmp_path / "bad", 1, border_cut=1.5)
 
 
+def test_video_frames_dataset_holds_decoded_frames_with_their_masks(tmp_path: Path) -> None:
+    """``synth --video --every N``: one frame in N of each video as a still-image COCO set, plus included stills."""
+    from fastinst_rt.training.synth_video import make_synthetic_video, make_video_frames_dataset
+
+    stills = make_synthetic_dataset(tmp_path / "stills", 3, seed=2, size=(96, 128))
+    path = make_video_frames_dataset(tmp_path / "frames", videos=2, frames=9, every=4, seed=40, include=(stills, 2))
+    coco = COCO(str(path))
+    names = [coco.imgs[i]["file_name"] for i in sorted(coco.imgs)]
+    assert names == ["40_0001.jpg", "40_0005.jpg", "41_0001.jpg", "41_0005.jpg", "s_000000.jpg", "s_000001.jpg"]
+    make_synthetic_video(tmp_path / "v", frames=9, seed=40)  # the first video again: frame 1 has its masks
+    truth = [a["segmentation"] for a in json.loads((tmp_path / "v" / "annotations.json").read_text())["annotations"]
+             if a["image_id"] == 2]  # fmt: skip
+    assert truth and [a["segmentation"] for a in coco.imgToAnns[1]] == truth
+    for ann in coco.anns.values():
+        img = coco.imgs[ann["image_id"]]
+        assert coco.annToMask(ann).sum() == ann["area"] > 0 and "track_id" not in ann
+        image = np.asarray(Image.open(path.parent / "images" / img["file_name"]))
+        assert image.shape[:2] == (img["height"], img["width"])
+    still_anns = [a for a in coco.anns.values() if coco.imgs[a["image_id"]]["file_name"].startswith("s_")]
+    original = COCO(str(stills))
+    assert len(still_anns) == sum(len(original.getAnnIds(imgIds=[i])) for i in (1, 2))
+
+
 def test_dataset_maps_categories_drops_crowd_and_augments(tmp_path: Path) -> None:
     Image.fromarray(np.full((100, 150, 3), 90, np.uint8)).save(tmp_path / "a.png")
     Image.fromarray(np.full((100, 150, 3), 90, np.uint8)).save(tmp_path / "b.png")

@@ -16,16 +16,19 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
 from ..jobs.video_out import VideoWriter
 from .synth import _MIN_AREA, SHAPES, _background, draw_shape
 
-__all__ = ["make_synthetic_video"]
+__all__ = ["make_synthetic_video", "make_video_frames_dataset"]
 
 _SPAWN_RATE = 0.025  # new shapes per frame, on average
 _VANISH_RATE = 0.002  # chance per frame and shape that it disappears where it is
@@ -159,3 +162,70 @@ def make_synthetic_video(
     coco = {"images": images, "annotations": annotations, "categories": categories, "info": {"fps": fps}}
     (root / "annotations.json").write_text(json.dumps(coco))
     return root / "video.mp4"
+
+
+def make_video_frames_dataset(
+    output_dir: str | os.PathLike,
+    videos: int,
+    frames: int,
+    every: int,
+    seed: int = 0,
+    include: tuple[str | os.PathLike, int] | None = None,
+) -> Path:
+    """A still-image training set of frames of synthetic videos, as the video decoder delivers them.
+
+    Writes ``videos`` videos of ``frames`` frames (seeds ``seed``, ``seed + 1``, ...; the defaults of
+    ``make_synthetic_video``), decodes them, and keeps every ``every``-th frame from frame 1 (0 when ``every`` is 1)
+    as ``images/<seed>_<frame:04d>.jpg`` with its visible masks. So a model trained on it sees what it sees
+    when tracking: heavy occlusion, shapes cut by the edges, codec artefacts. ``include`` = (a COCO JSON of still
+    images, N) appends its first N images (copied as ``s_<name>``) after the frames.
+
+    Returns:
+        The path of ``annotations.json`` (COCO, RLE masks).
+    """
+    from ..runtime.sources import open_source
+
+    if videos < 1 or frames < 1 or every < 1:
+        raise ValueError(f"need videos, frames and every >= 1, got {videos}, {frames} and {every}")
+    root = Path(output_dir)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    images: list[dict] = []
+    annotations: list[dict] = []
+    categories: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for v in range(videos):
+            video = make_synthetic_video(Path(tmp) / str(v), frames=frames, seed=seed + v)
+            coco = json.loads(video.with_name("annotations.json").read_text())
+            categories = coco["categories"]
+            by_frame: dict[int, list[dict]] = {}
+            for a in coco["annotations"]:
+                by_frame.setdefault(a["image_id"] - 1, []).append(a)  # image ids are frame index + 1
+            with open_source(video) as src:
+                for frame in src.frames():
+                    if frame.index % every != 1 % every:
+                        continue
+                    name = f"{seed + v}_{frame.index:04d}.jpg"
+                    cv2.imwrite(str(root / "images" / name), cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR))
+                    h, w = frame.image.shape[:2]
+                    images.append({"id": len(images) + 1, "file_name": name, "height": h, "width": w})
+                    for a in by_frame.get(frame.index, []):
+                        annotations.append({**{k: x for k, x in a.items() if k != "track_id"},
+                                            "id": len(annotations) + 1, "image_id": len(images)})  # fmt: skip
+    if include is not None:
+        _append_stills(root, images, annotations, Path(include[0]), include[1])
+    path = root / "annotations.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    return path
+
+
+def _append_stills(root: Path, images: list[dict], annotations: list[dict], ann_file: Path, num: int) -> None:
+    """The first ``num`` images of the COCO dataset ``ann_file`` (images beside it in ``images/``), renumbered."""
+    coco = json.loads(ann_file.read_text())
+    first = coco["images"][:num]
+    offset, keep = len(images), {im["id"] for im in first}
+    for im in first:
+        shutil.copy(ann_file.parent / "images" / im["file_name"], root / "images" / f"s_{im['file_name']}")
+        images.append({**im, "id": im["id"] + offset, "file_name": f"s_{im['file_name']}"})
+    for a in coco["annotations"]:
+        if a["image_id"] in keep:
+            annotations.append({**a, "id": len(annotations) + 1, "image_id": a["image_id"] + offset})
