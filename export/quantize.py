@@ -176,8 +176,8 @@ def quantize_onnx(
         # takes; per-channel weight scales keep the convolutions' accuracy.
         quantize_static(
             src, dst, Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
-            weight_type=QuantType.QInt8, per_channel=True, reduce_range=REDUCE_RANGE, op_types_to_quantize=list(op_types),
-            nodes_to_quantize=nodes, calibrate_method=calib,
+            weight_type=QuantType.QInt8, per_channel=True, reduce_range=REDUCE_RANGE,
+            op_types_to_quantize=list(op_types), nodes_to_quantize=nodes, calibrate_method=calib,
             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "CalibPercentile": _PERCENTILE,
                            "QuantizeBias": QUANTIZE_BIAS, "DedicatedQDQPair": True},
         )  # fmt: skip
