@@ -141,9 +141,11 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     except ValueError:
         raise ValueError(f"--size must look like 256x320 (HxW), got {args.size!r}") from None
     classes = tuple(args.classes.split(","))
-    if args.video and args.every:
+    if args.every:  # frames of videos as still images: implies --video
         from .training.synth_video import make_video_frames_dataset
 
+        if args.include and not args.include[1].isdigit():
+            raise ValueError(f"--include takes a COCO JSON and a number of images, got {' '.join(args.include)}")
         include = (args.include[0], int(args.include[1])) if args.include else None
         path = make_video_frames_dataset(args.output, args.videos, args.frames, args.every, args.seed, include)
         print(f"wrote one frame in {args.every} of {args.videos} videos to {path.parent / 'images'} and {path}")
@@ -362,7 +364,7 @@ def _add_training_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--video", action="store_true", help="a video with MOT ground truth instead (video.mp4, gt.txt)")
     p.add_argument("--frames", type=int, default=300, help="frames of --video (default 300)")
     p.add_argument("--fps", type=float, default=25.0, help="frame rate of --video (default 25)")
-    p.add_argument("--every", type=int, help="with --video: a still-image training set of every Nth decoded frame "
+    p.add_argument("--every", type=int, help="a still-image training set of one decoded frame in N "
                    "of --videos videos (seeds SEED, SEED+1, ...)")  # fmt: skip
     p.add_argument("--videos", type=int, default=1, help="videos for --every (default 1)")
     p.add_argument("--include", nargs=2, metavar=("JSON", "N"), help="with --every: append the first N images "

@@ -187,6 +187,8 @@ def make_video_frames_dataset(
 
     if videos < 1 or frames < 1 or every < 1:
         raise ValueError(f"need videos, frames and every >= 1, got {videos}, {frames} and {every}")
+    if include is not None and not Path(include[0]).is_file():  # checked before minutes of video are written
+        raise FileNotFoundError(f"no such COCO JSON to include: {include[0]}")
     root = Path(output_dir)
     (root / "images").mkdir(parents=True, exist_ok=True)
     images: list[dict] = []
