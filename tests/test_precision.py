@@ -68,7 +68,7 @@ def test_agreement_refuses_lost_moved_and_rescored_instances() -> None:
 
 
 class _HalfNorm(torch.nn.Module):
-    """A LayerNorm/GroupNorm run in float16: what ``deploy._Float32`` prevents."""
+    """A LayerNorm/GroupNorm module run in float16, what ``deploy._Float32`` prevents (the graph lint sees it)."""
 
     def __init__(self, module: torch.nn.Module) -> None:
         super().__init__()
@@ -76,6 +76,34 @@ class _HalfNorm(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.module(x.half())
+
+
+class _HalfStatsNorm(torch.nn.Module):
+    """A LayerNorm/GroupNorm computed in float16, what ``deploy._Float32`` prevents: the one-pass statistics
+    E[x^2] - E[x]^2 of a naive float16 kernel, every intermediate rounded to float16. Written out because PyTorch's
+    own float16 norms on some CPUs (AVX-512 FP16) keep float32 statistics and lose nothing."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m, h = self.module, x.half()
+        if isinstance(m, torch.nn.GroupNorm):
+            g = h.reshape(h.shape[0], m.num_groups, -1)
+            normed = _half_standardize(g, -1).reshape(h.shape)
+            shape = (1, -1) + (1,) * (h.dim() - 2)
+            return normed * m.weight.half().reshape(shape) + m.bias.half().reshape(shape)
+        return _half_standardize(h, -1) * m.weight.half() + m.bias.half()
+
+
+def _half_standardize(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """(x - mean) / sqrt(var + 1e-5) along ``dim``, with the mean, the mean square and the variance each rounded
+    to float16 (the mean square of float16 squares)."""
+    mean = x.float().mean(dim, keepdim=True).half()
+    mean_square = (x * x).float().mean(dim, keepdim=True).half()
+    var = (mean_square - mean * mean).clamp_min(0)
+    return (x - mean) / (var + 1e-5).sqrt()
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +126,7 @@ def test_fp16_export_with_norms_in_float16_is_refused(tiny, tmp_path: Path, monk
 def test_fp16_norms_in_float16_lose_accuracy_and_the_gate_sees_it(tmp_path: Path, monkeypatch) -> None:
     """The numerical gate on its own (the lint bypassed): the bundled model's FP16-mixed network run in float16
     passes on held-out images, the same network with its norms forced to float16 is refused (measured score
-    differences 0.01 and 0.08 against FP32; tolerance 0.05)."""
+    differences 0.01 and 0.23 against FP32; tolerance 0.05)."""
     from fastinst_rt import load_model
     from fastinst_rt.export.verify import verify_half
     from fastinst_rt.runtime.preprocess import load_image, prepare
@@ -111,7 +139,7 @@ def test_fp16_norms_in_float16_lose_accuracy_and_the_gate_sees_it(tmp_path: Path
     reference = deploy.DeployModel(model).eval()
     shipped = verify_half(reference, deploy.DeployModel(model, fp16=True).eval(), images, sizes, progress=False)
     assert shipped.matched == 1.0 and shipped.score_diff < 0.03, shipped
-    monkeypatch.setattr(deploy, "_Float32", _HalfNorm)
+    monkeypatch.setattr(deploy, "_Float32", _HalfStatsNorm)
     broken = deploy.DeployModel(model, fp16=True).eval()
     with pytest.raises(RuntimeError, match="PyTorch float16: scores differ"):
         verify_half(reference, broken, images, sizes, progress=False)
