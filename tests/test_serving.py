@@ -87,10 +87,14 @@ def images(tmp_path_factory) -> list[Path]:
 
 
 def _same(a: Results, b: Results) -> None:
+    """The same instances. A batch of other sizes (padding) moves logits by ~1e-6, so a mask pixel whose logit sits
+    at 0 may flip, and with it the instance's mask score (measured: up to 7 pixels, 4.4e-3 in score)."""
     np.testing.assert_array_equal(a.labels, b.labels)
-    np.testing.assert_allclose(a.scores, b.scores, atol=1e-4)
-    assert a.masks.shape == b.masks.shape and (a.masks == b.masks).all()
-    np.testing.assert_array_equal(a.boxes, b.boxes)
+    np.testing.assert_allclose(a.scores, b.scores, atol=1e-2)
+    assert a.masks.shape == b.masks.shape
+    inter, union = (a.masks & b.masks).sum((1, 2)), (a.masks | b.masks).sum((1, 2))
+    assert (inter >= 0.99 * union).all(), inter / np.maximum(union, 1)
+    np.testing.assert_allclose(a.boxes, b.boxes, atol=2)
 
 
 def test_200_requests_from_8_clients_equal_local_predict(server: str, images: list[Path]) -> None:

@@ -108,7 +108,7 @@ class ByteTracker:
     """
 
     def __init__(self, high_score: float = 0.5, low_score: float = 0.1, new_track_score: float = 0.6,
-                 match_iou: float = 0.2, low_match_iou: float = 0.5, new_match_iou: float = 0.3,
+                 match_iou: float = 0.3, low_match_iou: float = 0.5, new_match_iou: float = 0.3,
                  max_lost: int = 30, duplicate_iou: float = 0.7, min_part: float = 0.2) -> None:  # fmt: skip
         if not 0.0 <= low_score <= high_score <= 1.0:
             raise ValueError(f"need 0 <= low_score <= high_score <= 1, got {low_score} and {high_score}")
