@@ -91,19 +91,19 @@ class _HalfStatsNorm(torch.nn.Module):
         m, h = self.module, x.half()
         if isinstance(m, torch.nn.GroupNorm):
             g = h.reshape(h.shape[0], m.num_groups, -1)
-            normed = _half_standardize(g, -1).reshape(h.shape)
+            normed = _half_standardize(g, -1, m.eps).reshape(h.shape)
             shape = (1, -1) + (1,) * (h.dim() - 2)
             return normed * m.weight.half().reshape(shape) + m.bias.half().reshape(shape)
-        return _half_standardize(h, -1) * m.weight.half() + m.bias.half()
+        return _half_standardize(h, -1, m.eps) * m.weight.half() + m.bias.half()
 
 
-def _half_standardize(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """(x - mean) / sqrt(var + 1e-5) along ``dim``, with the mean, the mean square and the variance each rounded
+def _half_standardize(x: torch.Tensor, dim: int, eps: float) -> torch.Tensor:
+    """(x - mean) / sqrt(var + eps) along ``dim``, with the mean, the mean square and the variance each rounded
     to float16 (the mean square of float16 squares)."""
     mean = x.float().mean(dim, keepdim=True).half()
     mean_square = (x * x).float().mean(dim, keepdim=True).half()
     var = (mean_square - mean * mean).clamp_min(0)
-    return (x - mean) / (var + 1e-5).sqrt()
+    return (x - mean) / (var + eps).sqrt()
 
 
 @pytest.fixture(scope="module")
