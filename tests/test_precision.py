@@ -177,28 +177,45 @@ def test_int8_graph_follows_tensorrt_rules_and_says_int8(demo_int8: dict, capsys
     assert json.loads(capsys.readouterr().out)["precision"] == "int8"
 
 
-def _integer_convolutions(path: Path, optimized: Path, disabled_optimizers: list[str]) -> int:
-    """QLinearConv nodes in ONNX Runtime's CPU-optimized form of ``path``."""
+def _optimized_ops(path: Path, optimized: Path, disabled_optimizers: list[str]) -> list[str]:
+    """Node types, in order, of ONNX Runtime's CPU-optimized form of ``path``."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.optimized_model_filepath, opts.log_severity_level = str(optimized), 3
     ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"], disabled_optimizers=disabled_optimizers)
-    return [n.op_type for n in onnx.load(str(optimized)).graph.node].count("QLinearConv")
+    return [n.op_type for n in onnx.load(str(optimized)).graph.node]
+
+
+def _integer_convolutions(path: Path, optimized: Path, disabled_optimizers: list[str]) -> int:
+    """QLinearConv nodes in ONNX Runtime's CPU-optimized form of ``path``."""
+    return _optimized_ops(path, optimized, disabled_optimizers).count("QLinearConv")
 
 
 def test_every_quantized_convolution_runs_as_an_integer_kernel(demo_int8: dict, tmp_path: Path) -> None:
     """With the backend's session settings ONNX Runtime fuses each DQ -> Conv -> Q of the graph into an integer
     convolution; with its defaults, a third stay float convolutions between Q/DQ (why: backends/ort.py)."""
-    from fastinst_rt.runtime.backends.ort import INT8_DISABLED_OPTIMIZERS
+    from fastinst_rt.runtime.backends.ort import DISABLED_OPTIMIZERS
 
     proto = onnx.load(str(demo_int8["path"]))
     producer = {o: n.op_type for n in proto.graph.node for o in n.output}
     quantized = sum(n.op_type == "Conv" and producer.get(n.input[1]) == "DequantizeLinear" for n in proto.graph.node)
     assert quantized >= 30
-    assert _integer_convolutions(demo_int8["path"], tmp_path / "a.onnx", INT8_DISABLED_OPTIMIZERS) == quantized
+    assert _integer_convolutions(demo_int8["path"], tmp_path / "a.onnx", DISABLED_OPTIMIZERS) == quantized
     # If ONNX Runtime's defaults ever fuse them all, the setting in backends/ort.py can go.
     assert _integer_convolutions(demo_int8["path"], tmp_path / "b.onnx", []) < quantized
+
+
+@pytest.mark.parametrize("fp16", [False, True], ids=["fp32", "fp16"])
+def test_float_graphs_lose_nothing_to_the_int8_session_setting(tiny, fp16: bool, tmp_path: Path) -> None:
+    """The backend opens every file with the pass off that INT8 graphs need off (backends/ort.py): on FP32 and
+    FP16 exports, dynamic ones with their shape arithmetic included, ONNX Runtime optimizes to the same graph."""
+    from fastinst_rt.runtime.backends.ort import DISABLED_OPTIMIZERS
+
+    model, _ = tiny
+    path = export_onnx(model, tmp_path / "m.onnx", fp16=fp16, dynamic=True, progress=False)
+    ops = _optimized_ops(path, tmp_path / "a.onnx", DISABLED_OPTIMIZERS)
+    assert len(ops) > 100 and ops == _optimized_ops(path, tmp_path / "b.onnx", [])
 
 
 def test_bundled_model_int8_keeps_its_mask_ap(demo_int8: dict) -> None:

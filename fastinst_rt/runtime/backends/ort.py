@@ -18,13 +18,15 @@ from .base import Backend, BackendInfo
 
 __all__ = ["OnnxRuntimeBackend"]
 
-# Off for INT8 graphs. The quantizer writes one Q per consumer of a tensor; ONNX Runtime's common-subexpression
+# Off for every session. The quantizer writes one Q per consumer of a tensor; ONNX Runtime's common-subexpression
 # elimination merges them into one Q feeding two DQs (a bottleneck's input feeds conv1 and the shortcut or the
 # residual Add); its int8-to-uint8 rewrite skips a Q with two consumers, and the x86 integer convolution takes only
 # uint8 activations. On fastinst-r50-d1 that left 22 of 64 quantized convolutions (every 1x1 conv1/shortcut) as
-# float convolutions between Q/DQ; with it off all 64 fuse (benchmarks/README.md, result 8). The same pass leaves
-# FP32 exports unchanged (365 nodes after optimization with or without it on fastinst-r50-d1, 456 on the demo).
-INT8_DISABLED_OPTIMIZERS = ["CommonSubexpressionElimination"]
+# float convolutions between Q/DQ; with it off all 64 fuse (benchmarks/README.md, result 8). On FP32 and FP16
+# exports the pass finds nothing to merge (onnxslim has already): the optimized graphs have the same nodes with or
+# without it (365 on fastinst-r50-d1; on the demo 456 static, 641 dynamic, 557 and 678 in FP16, 496 with
+# --no-simplify), so one session serves every precision and the file is opened once.
+DISABLED_OPTIMIZERS = ["CommonSubexpressionElimination"]
 
 
 def _providers(device: str | None, available: list[str]) -> list:
@@ -77,18 +79,16 @@ class OnnxRuntimeBackend(Backend):
         opts = ort.SessionOptions()
         opts.log_severity_level = 3  # errors only: ORT's warnings about unused initializers are noise here
         chosen = providers or _providers(device, ort.get_available_providers())
-        self.session = self._open(ort, opts, chosen, [])
+        self.session = self._open(ort, opts, chosen)
         self.meta = ArtifactMeta.from_props(self.session.get_modelmeta().custom_metadata_map, self.path)
-        if self.meta.precision == "int8":  # the metadata is only known from a session: open it once more
-            self.session = self._open(ort, opts, chosen, INT8_DISABLED_OPTIMIZERS)
         self.meta.check_io(_dims(self.session.get_inputs()), _dims(self.session.get_outputs()), self.path)
         super().__init__(BackendInfo.from_meta(self.meta, self.meta.batch, fixed_batch=True))
 
-    def _open(self, ort: Any, opts: Any, providers: list, disabled_optimizers: list[str]) -> Any:
+    def _open(self, ort: Any, opts: Any, providers: list) -> Any:
         """An ONNX Runtime session of ``self.path``; ValueError with the cause when it cannot be loaded."""
         try:
             return ort.InferenceSession(
-                os.fspath(self.path), opts, providers=providers, disabled_optimizers=disabled_optimizers
+                os.fspath(self.path), opts, providers=providers, disabled_optimizers=DISABLED_OPTIMIZERS
             )
         except Exception as e:  # ORT raises its own exception types (InvalidProtobuf, Fail, NotImplemented, ...)
             raise ValueError(self._load_error(e)) from None
