@@ -38,13 +38,14 @@ from fastinst_rt.runtime.preprocess import MAX_TEST_SIZE, check_test_size
 from fastinst_rt.zoo import DEFAULT_TEST_SIZE
 
 from . import quantize
-from .checks import check_graph, graph_opset
+from .checks import Agreement, check_graph, graph_opset
 from .deploy import MASK_STRIDE, DeployModel
-from .verify import SIMPLIFY_TOL, gate_inputs, simplify_graph, verify_graph, verify_half, verify_reduced
+from .verify import SIMPLIFY_TOL, gate_inputs, judge_reduced, simplify_graph, verify_graph, verify_half, verify_reduced
 
 __all__ = ["export_onnx", "plan_export", "ExportPlan", "parse_imgsz", "default_imgsz"]
 
 _INT8_JUDGED = 4  # images beyond the calibration ones that judge an INT8 graph
+_INT8_FALLBACK_REGIONS = 2  # regions an INT8 graph may leave in float32 to pass its gate
 
 DEFAULT_OPSET = 19  # ONNX DeformConv; TensorRT >= 10.1 and ONNX Runtime >= 1.25
 PLUGIN_OPSET = 17  # TensorRT 8.6's parser reads opset <= 17
@@ -254,20 +255,47 @@ def _quantize(
     proto: onnx.ModelProto, wrapper: DeployModel, example: tuple, plan: ExportPlan, files: list, n: int, method: str
 ) -> onnx.ModelProto:
     """The verified FP32 graph as INT8 Q/DQ (calibrated on ``files[:n]``), linted, its instances against the FP32
-    torch wrapper's on the tracing example and the images after the calibration ones."""
+    torch wrapper's on the tracing example and the images after the calibration ones.
+
+    A graph that breaks the INT8 tolerances is made again with one more region of convolutions left in float32
+    (``quantize.conv_regions``), the one whose fallback breaks the fewest tolerances with the smallest mean score
+    difference, up to ``_INT8_FALLBACK_REGIONS`` regions; then it is refused. Which regions a model's weights need in
+    float is a property of those weights: a fine-tuned bundled model needed two where its parent needed none
+    (benchmarks/README.md, result 11).
+    """
     from fastinst_rt.runtime.preprocess import load_image, prepare
 
-    proto = quantize.quantize_onnx(proto, files[:n], method=method, progress=plan.progress)
-    problems = check_graph(proto, opset=plan.opset, fixed=not plan.dynamic)
-    if problems:
-        raise RuntimeError("the INT8 graph is not deployable:\n  " + "\n  ".join(problems))
     inputs = [example]
     for path in files[n:] or files[-_INT8_JUDGED:]:
         batch, sizes, _ = prepare([load_image(path, "rgb")] * example[0].shape[0], *plan.test_size,
                                   SIZE_DIVISIBILITY, None if plan.dynamic else plan.size)  # fmt: skip
         inputs.append((torch.from_numpy(batch), torch.from_numpy(sizes)))
-    verify_reduced(proto, wrapper, inputs, "int8", plan.progress)
-    return proto
+    regions = quantize.conv_regions(proto)
+
+    def attempt(kept: tuple[str, ...], progress: bool) -> tuple[onnx.ModelProto, Agreement, list[str], tuple[str, ...]]:
+        nodes = quantize.quantizable_nodes(proto, keep_float=[c for r in kept for c in regions[r]])
+        graph = quantize.quantize_onnx(proto, files[:n], method=method, nodes=nodes, float_regions=kept,
+                                       progress=progress)  # fmt: skip
+        agreement, problems = judge_reduced(graph, wrapper, inputs, "int8", progress)
+        if kept:
+            _log(plan.progress, f"int8 with {', '.join(kept)} in float32 ({len(nodes)} nodes quantized): "
+                                f"mean score diff {agreement.mean_score_diff:.3f}, {len(problems)} broken")  # fmt: skip
+        return graph, agreement, problems, kept
+
+    graph, _, problems, kept = attempt((), plan.progress)
+    while problems and len(kept) < min(_INT8_FALLBACK_REGIONS, len(regions)):
+        _log(plan.progress, "int8 breaks its tolerances (" + "; ".join(problems) + "): trying each region in float32")
+        tries = [attempt((*kept, r), False) for r in regions if r not in kept]
+        graph, _, problems, kept = min(tries, key=lambda t: (len(t[2]), t[1].mean_score_diff))
+    if problems:
+        also = f"; also with {', '.join(kept)} left in float32" if kept else ""
+        raise RuntimeError("the int8 graph loses accuracy against FP32: " + "; ".join(problems) + also)
+    if kept:
+        _log(plan.progress, f"int8: {', '.join(kept)} left in float32 to pass the gate")
+    lint = check_graph(graph, opset=plan.opset, fixed=not plan.dynamic)
+    if lint:
+        raise RuntimeError("the INT8 graph is not deployable:\n  " + "\n  ".join(lint))
+    return graph
 
 
 def _trace(wrapper: DeployModel, images: torch.Tensor, sizes: torch.Tensor, plan: ExportPlan) -> onnx.ModelProto:

@@ -10,7 +10,8 @@ What is quantized is chosen by measurement (``benchmarks/README.md``, result 6; 
 convolutions of the backbone and the pixel decoder, where the compute is. Left in float32: the query-selection
 convolutions (their logits pick the queries by a top-k over near-ties), the transformer decoder (Gemm/MatMul,
 attention softmax, LayerNorm) and the prediction heads — a few percent of the FLOPs, and where INT8 moved the
-selected instances most.
+selected instances most. Some weights need more in float32: the exporter then leaves regions of convolutions
+(``conv_regions``) in float32 one by one until its gate passes (``export.onnx_export._quantize``).
 
 Calibration (onnxruntime's ``quantize_static``): activation ranges from the 99.999th percentile of their
 histograms over the calibration images (min-max lets one outlier set the scale; measured worse, see result 6).
@@ -24,7 +25,7 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,7 @@ from .checks import check_int8
 
 __all__ = [
     "quantize_onnx", "calibration_feeds", "quantizable_convs", "quantizable_nodes", "check_int8", "CALIB_METHODS",
-    "SENSITIVE",
+    "SENSITIVE", "conv_regions",
 ]  # fmt: skip
 
 CALIB_METHODS = ("percentile", "entropy", "minmax")
@@ -114,14 +115,17 @@ def quantizable_convs(model: onnx.ModelProto, sensitive: Sequence[str] = SENSITI
     ]
 
 
-def quantizable_nodes(model: onnx.ModelProto, sensitive: Sequence[str] = SENSITIVE) -> list[str]:
-    """``quantizable_convs`` plus the Adds fed directly by one of them (residual and FPN sums).
+def quantizable_nodes(
+    model: onnx.ModelProto, sensitive: Sequence[str] = SENSITIVE, keep_float: Collection[str] = ()
+) -> list[str]:
+    """``quantizable_convs`` but those named in ``keep_float``, plus the Adds fed directly by one of them (residual
+    and FPN sums).
 
     Without a quantized Add, a convolution whose output feeds a float Add has no Q after it, and ONNX Runtime
     cannot fuse it into an integer convolution (measured on fastinst-r50-d1: 22 of 64 quantized convolutions stayed
     float); TensorRT fuses such an Add into the convolution when both its inputs carry Q/DQ.
     """
-    convs = quantizable_convs(model, sensitive)
+    convs = [name for name in quantizable_convs(model, sensitive) if name not in set(keep_float)]
     outputs = {o for n in model.graph.node if n.name in set(convs) for o in n.output}
     adds = [n.name for n in model.graph.node if n.op_type == "Add" and any(i in outputs for i in n.input)]
     return convs + adds
@@ -134,6 +138,7 @@ def quantize_onnx(
     method: str = "percentile",
     nodes: Sequence[str] | None = None,
     op_types: Sequence[str] = ("Conv", "Add"),
+    float_regions: Sequence[str] = (),
     progress: bool = True,
 ) -> onnx.ModelProto:
     """The INT8 Q/DQ form of an FP32 fastinst-rt graph, calibrated on ``files``; metadata copied, precision int8.
@@ -144,6 +149,7 @@ def quantize_onnx(
         method: one of ``CALIB_METHODS``.
         nodes: the nodes to quantize (default ``quantizable_nodes(model)``).
         op_types: the op types ``nodes`` may hold (the sensitivity pass also tries Gemm and MatMul).
+        float_regions: the ``conv_regions`` that ``nodes`` leaves in float32, recorded in the metadata.
     """
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -183,7 +189,8 @@ def quantize_onnx(
         )  # fmt: skip
         out = onnx.load(dst)
     del out.metadata_props[:]
-    quant = {"method": method, "calibration_images": len(files), "quantized_nodes": len(nodes), "tool": _tool()}
+    quant = {"method": method, "calibration_images": len(files), "quantized_nodes": len(nodes),
+             "float32_regions": list(float_regions), "tool": _tool()}  # fmt: skip
     int8 = dataclasses.replace(meta, precision="int8", extra={**meta.extra, "quantization": quant})
     for key, value in int8.to_props().items():
         out.metadata_props.add(key=key, value=value)
@@ -195,6 +202,14 @@ def _tool() -> str:
     import onnxruntime
 
     return f"onnxruntime.quantization {onnxruntime.__version__}"
+
+
+def conv_regions(model: onnx.ModelProto) -> dict[str, list[str]]:
+    """The convolutions ``quantizable_convs`` picks, by region (``regions``): the units an export may leave in float32
+    when the INT8 graph fails its agreement gate."""
+    convs = set(quantizable_convs(model))
+    picked = {key: [n for n in nodes if n in convs] for key, nodes in regions(model).items()}
+    return {key: nodes for key, nodes in picked.items() if nodes}
 
 
 def regions(model: onnx.ModelProto) -> dict[str, list[str]]:

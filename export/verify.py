@@ -28,7 +28,7 @@ from .deploy import DeployModel, select_pairs
 
 __all__ = [
     "FP32_TOL", "simplify_graph", "run_onnx", "rel_sorted", "gate_inputs", "verify_graph", "verify_half",
-    "verify_reduced",
+    "verify_reduced", "judge_reduced",
 ]  # fmt: skip
 
 FP32_TOL = 1e-3
@@ -184,6 +184,19 @@ def verify_reduced(
 
     Raises RuntimeError naming every broken tolerance of ``checks.TOLERANCES[precision]``.
     """
+    worst, problems = judge_reduced(proto, reference, inputs, precision, progress)
+    _refuse(precision, problems)
+    return worst
+
+
+def judge_reduced(
+    proto: onnx.ModelProto,
+    reference: DeployModel,
+    inputs: list[tuple[torch.Tensor, torch.Tensor]],
+    precision: str,
+    progress: bool,
+) -> tuple[Agreement, list[str]]:
+    """``verify_reduced`` without the refusal: the worst agreement and every broken tolerance (empty: it passes)."""
     worst, problems = None, []
     for images, sizes in inputs:
         with torch.no_grad():
@@ -194,6 +207,5 @@ def verify_reduced(
         problems += broken
         if worst is None or agreement.matched < worst.matched or agreement.score_diff > worst.score_diff:
             worst = agreement
-    _refuse(precision, problems)
     assert worst is not None
-    return worst
+    return worst, list(dict.fromkeys(problems))

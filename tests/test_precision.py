@@ -4,6 +4,7 @@ ONNX Runtime sessions."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -172,9 +173,28 @@ def test_int8_graph_follows_tensorrt_rules_and_says_int8(demo_int8: dict, capsys
     weights = {i.name for i in proto.graph.initializer}
     quantized = {n.input[0] for n in proto.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in weights}
     assert quantized and not any(".decoder." in w for w in quantized)
+    # Regions the gate needed in float32 for these weights (result 11) carry no Q/DQ either.
+    float_regions = meta["quantization"]["float32_regions"]
+    assert len(float_regions) <= 2 and not any(w.startswith(f"model.{r}.") for r in float_regions for w in quantized)
     assert Segmenter(str(demo_int8["path"])).backend.describe()["precision"] == "int8"
     assert main(["info", str(demo_int8["path"]), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["precision"] == "int8"
+
+
+def test_int8_export_leaves_regions_in_float32_then_refuses(tiny, tmp_path: Path, monkeypatch) -> None:
+    """An INT8 graph past its tolerances is made again with one region, then two, left in float32, and refused
+    with what was tried when that does not help either; nothing is written."""
+    from fastinst_rt.export import checks
+    from fastinst_rt.training.synth import make_synthetic_dataset
+
+    model, _ = tiny
+    calib = make_synthetic_dataset(tmp_path / "calib", 6, seed=3).parent / "images"
+    impossible = dataclasses.replace(checks.TOLERANCES["int8"], mean_score_diff=-1.0)
+    monkeypatch.setitem(checks.TOLERANCES, "int8", impossible)
+    out = tmp_path / "refused.onnx"
+    with pytest.raises(RuntimeError, match=r"on average .*; also with [\w.]+, [\w.]+ left in float32$"):
+        export_onnx(model, out, imgsz=(256, 320), int8=True, calib=calib, calib_images=2, progress=False)
+    assert not out.exists()
 
 
 def _optimized_ops(path: Path, optimized: Path, disabled_optimizers: list[str]) -> list[str]:
