@@ -190,12 +190,9 @@ def verify_reduced(
 
 
 def judge_reduced(
-    proto: onnx.ModelProto,
-    reference: DeployModel,
-    inputs: list[tuple[torch.Tensor, torch.Tensor]],
-    precision: str,
+    proto: onnx.ModelProto, reference: DeployModel, inputs: list[tuple[torch.Tensor, torch.Tensor]], precision: str,
     progress: bool,
-) -> tuple[Agreement, list[str]]:
+) -> tuple[Agreement, list[str]]:  # fmt: skip
     """``verify_reduced`` without the refusal: the worst agreement and every broken tolerance (empty: it passes)."""
     worst, problems = None, []
     for images, sizes in inputs:
