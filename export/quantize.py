@@ -193,6 +193,7 @@ def quantize_onnx(
                            "QuantizeBias": QUANTIZE_BIAS, "DedicatedQDQPair": True},
         )  # fmt: skip
         out = onnx.load(dst)
+    float_convs_read_float(out)
     del out.metadata_props[:]
     quant = {"method": method, "calibration_images": len(files), "quantized_nodes": len(nodes),
              "float32_regions": list(float_regions), "tool": _tool()}  # fmt: skip
@@ -201,6 +202,30 @@ def quantize_onnx(
         out.metadata_props.add(key=key, value=value)
     _log(progress, f"quantized {len(nodes)} nodes to INT8 ({method} calibration on {len(files)} images)")
     return out
+
+
+def float_convs_read_float(model: onnx.ModelProto) -> int:
+    """Rewire each float32 convolution that reads a DequantizeLinear to that DQ's float source; returns how many.
+
+    Where a tensor feeds a quantized convolution and a float one (res3's output, with res4 left in float32 and the
+    pixel decoder's adapter quantized), ``quantize_static`` gives them one Q/DQ pair. The float convolution then
+    reads int8-rounded values for nothing, and ONNX Runtime does not fuse the quantized one into an integer kernel
+    (a DQ with a float consumer: benchmarks/README.md, result 11). A region left in float32 reads float32.
+    """
+    producer = {out: node for node in model.graph.node for out in node.output}
+
+    def dequantized(tensor: str) -> onnx.NodeProto | None:
+        node = producer.get(tensor)
+        return node if node is not None and node.op_type == "DequantizeLinear" else None
+
+    rewired = 0
+    for node in model.graph.node:
+        dq = dequantized(node.input[0]) if node.op_type == "Conv" else None
+        q = producer.get(dq.input[0]) if dq is not None else None
+        if q is not None and q.op_type == "QuantizeLinear" and dequantized(node.input[1]) is None:
+            node.input[0] = q.input[0]
+            rewired += 1
+    return rewired
 
 
 def _tool() -> str:

@@ -173,9 +173,14 @@ def test_int8_graph_follows_tensorrt_rules_and_says_int8(demo_int8: dict, capsys
     weights = {i.name for i in proto.graph.initializer}
     quantized = {n.input[0] for n in proto.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in weights}
     assert quantized and not any(".decoder." in w for w in quantized)
-    # Regions the gate needed in float32 for these weights (result 11) carry no Q/DQ either.
+    # Regions the gate needed in float32 for these weights (result 11) carry no Q/DQ either, and every float
+    # convolution reads a float tensor (export/quantize.py: float_convs_read_float).
     float_regions = meta["quantization"]["float32_regions"]
     assert len(float_regions) <= 2 and not any(w.startswith(f"model.{r}.") for r in float_regions for w in quantized)
+    producer = {o: n.op_type for n in proto.graph.node for o in n.output}
+    convs = [n for n in proto.graph.node if n.op_type == "Conv"]
+    float_convs = [n for n in convs if producer.get(n.input[1]) != "DequantizeLinear"]
+    assert float_convs and not any(producer.get(n.input[0]) == "DequantizeLinear" for n in float_convs)
     assert Segmenter(str(demo_int8["path"])).backend.describe()["precision"] == "int8"
     assert main(["info", str(demo_int8["path"]), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["precision"] == "int8"
