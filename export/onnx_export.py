@@ -261,8 +261,7 @@ def _quantize(
     (``quantize.conv_regions``), the one whose fallback breaks the fewest tolerances with the smallest mean score
     difference, up to ``_INT8_FALLBACK_REGIONS`` regions; then it is refused. Which regions a model's weights need in
     float is a property of those weights: a fine-tuned bundled model needed one where its parent needed none
-    (benchmarks/README.md, result 11). Each try calibrates again (``quantize_static`` keeps no ranges): 41 s for the
-    six tries of that small model, and nothing extra for a graph that passes at once.
+    (benchmarks/README.md, result 11). The ranges are calibrated once for all the tries.
     """
     from fastinst_rt.runtime.preprocess import load_image, prepare
 
@@ -272,10 +271,20 @@ def _quantize(
                                   SIZE_DIVISIBILITY, None if plan.dynamic else plan.size)  # fmt: skip
         inputs.append((torch.from_numpy(batch), torch.from_numpy(sizes)))
     regions = quantize.conv_regions(proto)
+    with tempfile.TemporaryDirectory() as tmp:
+        ranges = quantize.calibrate(proto, files[:n], os.path.join(tmp, "ranges.json"), method, progress=plan.progress)
+        return _quantize_within_tolerances(proto, wrapper, inputs, regions, files[:n], method, ranges, plan)
+
+
+def _quantize_within_tolerances(
+    proto: onnx.ModelProto, wrapper: DeployModel, inputs: list, regions: dict[str, list[str]], files: list,
+    method: str, ranges: Path, plan: ExportPlan,
+) -> onnx.ModelProto:  # fmt: skip
+    """``_quantize``'s search: the INT8 graph with the fewest regions left in float32 that passes the gate."""
 
     def attempt(kept: tuple[str, ...], progress: bool) -> tuple[onnx.ModelProto, Agreement, list[str], tuple[str, ...]]:
         nodes = quantize.quantizable_nodes(proto, keep_float=[c for r in kept for c in regions[r]])
-        graph = quantize.quantize_onnx(proto, files[:n], method=method, nodes=nodes, float_regions=kept,
+        graph = quantize.quantize_onnx(proto, files, method=method, nodes=nodes, float_regions=kept, ranges=ranges,
                                        progress=progress)  # fmt: skip
         agreement, problems = judge_reduced(graph, wrapper, inputs, "int8", progress)
         if kept:

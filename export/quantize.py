@@ -13,11 +13,12 @@ attention softmax, LayerNorm) and the prediction heads — a few percent of the 
 selected instances most. Some weights need more in float32: the exporter then leaves regions of convolutions
 (``conv_regions``) in float32 one by one until its gate passes (``export.onnx_export._quantize``).
 
-Calibration (onnxruntime's ``quantize_static``): activation ranges from the 99.999th percentile of their
-histograms over the calibration images (min-max lets one outlier set the scale; measured worse, see result 6).
-``entropy`` is onnxruntime's as ``quantize_static`` configures it, which gives the min-max ranges: its KL search
-runs over 128 histogram bins with 128 quantized bins, so the full range is its only candidate threshold (measured:
-every activation scale equal to min-max's; ``quantize_static`` does not pass the bin counts on).
+Calibration (onnxruntime's calibrators, ``calibrate``): activation ranges from the 99.999th percentile of their
+histograms over the calibration images (min-max lets one outlier set the scale; measured worse, see result 6), or
+``entropy``: TensorRT's KL-divergence threshold search, over 2048 histogram bins into 128 quantized ones. (What
+``quantize_static`` calls entropy searches 128 bins into 128, whose only candidate is the full range: min-max.)
+The ranges are written once to a file that ``quantize_onnx`` reads, so an export that tries several graphs
+calibrates once.
 Needs onnxruntime (the ``onnx`` extra); torch-free.
 """
 
@@ -40,7 +41,7 @@ from .checks import check_int8
 
 __all__ = [
     "quantize_onnx", "calibration_feeds", "quantizable_convs", "quantizable_nodes", "check_int8", "CALIB_METHODS",
-    "SENSITIVE", "conv_regions",
+    "SENSITIVE", "conv_regions", "calibrate", "float_convs_read_float",
 ]  # fmt: skip
 
 CALIB_METHODS = ("percentile", "entropy", "minmax")
@@ -57,6 +58,8 @@ QUANTIZE_BIAS = False
 # scores moved 0.059 from FP32 against 0.022 for the same Q/DQ graph computed in float, and the export gate refused
 # it; with 7-bit weights 0.022 fused or not (benchmarks/README.md, result 8).
 REDUCE_RANGE = True
+# quantize_static reads calibration files (calibration_cache_path) from onnxruntime 1.27 on.
+_MIN_ORT = (1, 27)
 
 
 def _log(progress: bool, msg: str) -> None:
@@ -94,6 +97,47 @@ def calibration_feeds(
     for path in tqdm(files, desc="calibration", disable=not progress):
         batch, sizes = runtime_input([load_image(path, "rgb")], meta)
         yield {"images": batch, "sizes": sizes}
+
+
+def _reader(files: Sequence[Path], meta: ArtifactMeta, progress: bool) -> object:
+    """An onnxruntime ``CalibrationDataReader`` over ``calibration_feeds``."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.feeds = calibration_feeds(files, meta, progress)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.feeds, None)
+
+    return Reader()
+
+
+def calibrate(
+    model: onnx.ModelProto,
+    files: Sequence[Path],
+    ranges: str | os.PathLike,
+    method: str = "percentile",
+    op_types: Sequence[str] = ("Conv", "Add"),
+    progress: bool = True,
+) -> Path:
+    """Activation ranges of an FP32 graph over ``files``, written to ``ranges`` (onnxruntime's JSON calibration cache,
+    which ``quantize_onnx`` reads); returns its path."""
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+
+    meta = read_onnx_meta(model, "the graph to calibrate")
+    # Percentile and min-max as quantize_static sets them up; entropy with TensorRT's bin counts (module docstring).
+    options = {"percentile": {"percentile": _PERCENTILE}, "entropy": {"num_bins": 2048, "num_quantized_bins": 128},
+               "minmax": {}}[method]  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "fp32.onnx")
+        onnx.save(model, src)
+        augmented = os.path.join(tmp, "augmented.onnx")
+        calibrator = create_calibrator(src, list(op_types), augmented, calibrate_method=_calibration_method(method),
+                                       extra_options=options)  # fmt: skip
+        calibrator.collect_data(_reader(files, meta, progress))
+        save_tensors_data(calibrator.compute_data(), ranges)
+    return Path(ranges)
 
 
 def runtime_input(rgb: list[np.ndarray], meta: ArtifactMeta) -> tuple[np.ndarray, np.ndarray]:
@@ -144,6 +188,7 @@ def quantize_onnx(
     nodes: Sequence[str] | None = None,
     op_types: Sequence[str] = ("Conv", "Add"),
     float_regions: Sequence[str] = (),
+    ranges: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> onnx.ModelProto:
     """The INT8 Q/DQ form of an FP32 fastinst-rt graph, calibrated on ``files``; metadata copied, precision int8.
@@ -155,42 +200,29 @@ def quantize_onnx(
         nodes: the nodes to quantize (default ``quantizable_nodes(model)``).
         op_types: the op types ``nodes`` may hold (the sensitivity pass also tries Gemm and MatMul).
         float_regions: the ``conv_regions`` that ``nodes`` leaves in float32, recorded in the metadata.
+        ranges: a ``calibrate`` file of the same ``method`` (default: calibrate on ``files`` first).
     """
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    if method not in CALIB_METHODS:
-        raise ValueError(f"unknown calibration method {method!r}; expected one of {CALIB_METHODS}")
     meta = read_onnx_meta(model, "the graph to quantize")
     if meta.precision != "fp32":
         raise ValueError(f"INT8 quantization starts from an FP32 graph, this one is {meta.precision}")
     nodes = list(quantizable_nodes(model) if nodes is None else nodes)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.feeds = calibration_feeds(files, meta, progress)
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self.feeds, None)
-
-    calib = {"percentile": CalibrationMethod.Percentile, "entropy": CalibrationMethod.Entropy,
-             "minmax": CalibrationMethod.MinMax}[method]  # fmt: skip
+    calib = _calibration_method(method)
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = os.path.join(tmp, "fp32.onnx"), os.path.join(tmp, "int8.onnx")
+        if ranges is None:
+            ranges = calibrate(model, files, os.path.join(tmp, "ranges.json"), method, op_types, progress)
         onnx.save(model, src)
         # Symmetric int8 activations and weights (zero point 0): the only form TensorRT's explicit quantization
         # takes; per-channel weight scales keep the convolutions' accuracy.
         quantize_static(
-            src, dst, Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
+            src, dst, None, quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8, per_channel=True, reduce_range=REDUCE_RANGE,
             op_types_to_quantize=list(op_types), nodes_to_quantize=nodes, calibrate_method=calib,
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "CalibPercentile": _PERCENTILE,
-                           "QuantizeBias": QUANTIZE_BIAS, "DedicatedQDQPair": True},
+            calibration_cache_path=ranges,
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": QUANTIZE_BIAS,
+                           "DedicatedQDQPair": True},
         )  # fmt: skip
         out = onnx.load(dst)
     float_convs_read_float(out)
@@ -202,6 +234,21 @@ def quantize_onnx(
         out.metadata_props.add(key=key, value=value)
     _log(progress, f"quantized {len(nodes)} nodes to INT8 ({method} calibration on {len(files)} images)")
     return out
+
+
+def _calibration_method(method: str) -> object:
+    """onnxruntime's ``CalibrationMethod`` for one of ``CALIB_METHODS``; ValueError for another name, and a clear
+    RuntimeError where onnxruntime is too old to read calibration files (1.27)."""
+    import onnxruntime
+    from onnxruntime.quantization import CalibrationMethod
+
+    if method not in CALIB_METHODS:
+        raise ValueError(f"unknown calibration method {method!r}; expected one of {CALIB_METHODS}")
+    if tuple(int(p) for p in re.findall(r"\d+", onnxruntime.__version__)[:2]) < _MIN_ORT:
+        raise RuntimeError(f"INT8 export needs onnxruntime >= 1.27 (calibration files), this is "
+                           f"{onnxruntime.__version__}: pip install -U onnxruntime")  # fmt: skip
+    return {"percentile": CalibrationMethod.Percentile, "entropy": CalibrationMethod.Entropy,
+            "minmax": CalibrationMethod.MinMax}[method]  # fmt: skip
 
 
 def float_convs_read_float(model: onnx.ModelProto) -> int:

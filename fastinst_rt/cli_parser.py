@@ -85,8 +85,8 @@ def _add_artifact_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calib", help="folder of calibration images for --int8 (real images of the target domain)")
     p.add_argument("--calib-images", type=int, default=32, help="calibration images used (default 32)")
     p.add_argument("--calib-method", choices=("percentile", "entropy", "minmax"), default="percentile",
-                   help="activation-range calibration (default percentile, 99.999; onnxruntime's entropy gives "
-                        "the min-max ranges, see export/quantize.py)")  # fmt: skip
+                   help="activation-range calibration (default percentile, 99.999; entropy: TensorRT's KL search, "
+                        "2048 bins into 128)")  # fmt: skip
 
     p = sub.add_parser("build", help="build a TensorRT engine from an exported ONNX file, on this GPU")
     p.add_argument("onnx", help="the .onnx file from `fastinst-rt export`")

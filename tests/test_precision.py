@@ -202,6 +202,29 @@ def test_int8_export_leaves_regions_in_float32_then_refuses(tiny, tmp_path: Path
     assert not out.exists()
 
 
+def test_entropy_calibration_searches_a_threshold_where_min_max_keeps_the_range(tiny, tmp_path: Path) -> None:
+    """``entropy`` is TensorRT's KL search (2048 bins into 128): it clips ranges that min-max keeps whole, and never
+    widens one. (quantize_static's own entropy setup gives the min-max ranges: export/quantize.py.)"""
+    from onnxruntime.quantization.calibrate import load_tensors_data
+
+    from fastinst_rt.export.quantize import calibrate
+    from fastinst_rt.training.synth import make_synthetic_dataset
+
+    model, _ = tiny
+    proto = onnx.load(str(export_onnx(model, tmp_path / "m.onnx", imgsz=(256, 320), progress=False)))
+    files = calibration_images(make_synthetic_dataset(tmp_path / "calib", 3, seed=3).parent / "images", 3)
+    bound = {}
+    for method in ("entropy", "minmax"):
+        ranges = load_tensors_data(calibrate(proto, files, tmp_path / f"{method}.json", method, progress=False))
+        bound[method] = {
+            k: float(np.abs(np.asarray(v.range_value, dtype=np.float64)).max()) for k, v in ranges.data.items()
+        }
+    entropy, minmax = bound["entropy"], bound["minmax"]
+    assert entropy.keys() == minmax.keys() and len(entropy) > 20
+    assert all(entropy[k] <= minmax[k] * (1 + 1e-6) for k in entropy)
+    assert sum(entropy[k] < 0.9 * minmax[k] for k in entropy) > len(entropy) // 4
+
+
 def _optimized_ops(path: Path, optimized: Path, disabled_optimizers: list[str]) -> list[str]:
     """Node types, in order, of ONNX Runtime's CPU-optimized form of ``path``."""
     import onnxruntime as ort
