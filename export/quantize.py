@@ -272,7 +272,19 @@ def float_convs_read_float(model: onnx.ModelProto) -> int:
         if q is not None and q.op_type == "QuantizeLinear" and dequantized(node.input[1]) is None:
             node.input[0] = q.input[0]
             rewired += 1
+    _drop_unread(model, ("QuantizeLinear", "DequantizeLinear"))
     return rewired
+
+
+def _drop_unread(model: onnx.ModelProto, op_types: tuple[str, ...]) -> None:
+    """Remove nodes of ``op_types`` whose outputs nothing reads (a Q/DQ pair left behind by a rewired reader)."""
+    while True:
+        read = {i for node in model.graph.node for i in node.input} | {o.name for o in model.graph.output}
+        unread = [n for n in model.graph.node if n.op_type in op_types and not any(o in read for o in n.output)]
+        if not unread:
+            return
+        for node in unread:
+            model.graph.node.remove(node)
 
 
 def _tool() -> str:

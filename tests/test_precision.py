@@ -225,6 +225,37 @@ def test_entropy_calibration_searches_a_threshold_where_min_max_keeps_the_range(
     assert sum(entropy[k] < 0.9 * minmax[k] for k in entropy) > len(entropy) // 4
 
 
+def test_float_convolutions_read_the_float_tensor_and_unread_qdq_goes() -> None:
+    """A Q/DQ pair that feeds a quantized and a float convolution keeps only the quantized reader; a pair that fed
+    only float convolutions is removed."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from fastinst_rt.export.quantize import float_convs_read_float
+
+    w = numpy_helper.from_array(np.ones((1, 1, 1, 1), np.float32), "w")
+    wq = numpy_helper.from_array(np.ones((1, 1, 1, 1), np.int8), "wq")
+    scale, zero = numpy_helper.from_array(np.float32(0.1), "s"), numpy_helper.from_array(np.int8(0), "z")
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="q"),
+        helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], name="dq"),
+        helper.make_node("DequantizeLinear", ["wq", "s", "z"], ["wd"], name="wdq"),
+        helper.make_node("Conv", ["xd", "wd"], ["a"], name="quantized"),
+        helper.make_node("Conv", ["xd", "w"], ["b"], name="float"),
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["yq"], name="q_only_float"),
+        helper.make_node("DequantizeLinear", ["yq", "s", "z"], ["yd"], name="dq_only_float"),
+        helper.make_node("Conv", ["yd", "w"], ["c"], name="float2"),
+    ]
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 1, 2, 2]) for n in ("x", "a", "b", "c")]
+    model = helper.make_model(helper.make_graph(nodes, "g", io[:1], io[1:], [w, wq, scale, zero]))
+    assert float_convs_read_float(model) == 2
+    by_name = {n.name: n for n in model.graph.node}
+    assert (
+        by_name["quantized"].input[0] == "xd" and by_name["float"].input[0] == "x" and by_name["float2"].input[0] == "x"
+    )
+    assert "q" in by_name and "dq" in by_name and not {"q_only_float", "dq_only_float"} & by_name.keys()
+    onnx.checker.check_model(model)
+
+
 def _optimized_ops(path: Path, optimized: Path, disabled_optimizers: list[str]) -> list[str]:
     """Node types, in order, of ONNX Runtime's CPU-optimized form of ``path``."""
     import onnxruntime as ort
