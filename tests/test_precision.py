@@ -186,6 +186,30 @@ def test_int8_graph_follows_tensorrt_rules_and_says_int8(demo_int8: dict, capsys
     assert json.loads(capsys.readouterr().out)["precision"] == "int8"
 
 
+def test_a_region_left_in_float32_keeps_no_qdq_and_the_rest_stays_quantized(tiny, tmp_path: Path) -> None:
+    """What the gate's fallback writes when a region passes, whatever weights are bundled (of result 11's models only
+    hr needs the fallback): that region's convolutions read float tensors and float weights, every other quantizable
+    convolution is quantized, and the metadata names the region."""
+    from fastinst_rt.export.quantize import conv_regions, quantizable_convs, quantizable_nodes, quantize_onnx
+    from fastinst_rt.training.synth import make_synthetic_dataset
+
+    model, _ = tiny
+    proto = onnx.load(str(export_onnx(model, tmp_path / "m.onnx", imgsz=(256, 320), progress=False)))
+    files = calibration_images(make_synthetic_dataset(tmp_path / "calib", 3, seed=3).parent / "images", 3)
+    region = "backbone.res4"
+    kept = conv_regions(proto)[region]
+    graph = quantize_onnx(proto, files, nodes=quantizable_nodes(proto, keep_float=kept), float_regions=(region,),
+                          progress=False)  # fmt: skip
+    assert check_graph(graph) == [] and check_int8(graph) == []
+    meta = {p.key: json.loads(p.value) for p in graph.metadata_props}
+    assert meta["precision"] == "int8" and meta["quantization"]["float32_regions"] == [region]
+    producer = {o: n.op_type for n in graph.graph.node for o in n.output}
+    convs = {n.name: n for n in graph.graph.node if n.op_type == "Conv"}
+    assert kept and all(producer.get(convs[c].input[i]) != "DequantizeLinear" for c in kept for i in (0, 1))
+    others = set(quantizable_convs(proto)) - set(kept)
+    assert others and all(producer.get(convs[c].input[1]) == "DequantizeLinear" for c in others)
+
+
 def test_int8_export_leaves_regions_in_float32_then_refuses(tiny, tmp_path: Path, monkeypatch) -> None:
     """An INT8 graph past its tolerances is made again with one region, then two, left in float32, and refused
     with what was tried when that does not help either; nothing is written."""
