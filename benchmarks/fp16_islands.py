@@ -1,0 +1,87 @@
+"""Where float16 moves a model's instances: the FP16-mixed network with one more region in float32 at a time.
+
+The export's FP16 gate (``export/verify.py: verify_half``) runs the FP16-mixed network in PyTorch float16 against
+FP32 and judges the instances. This script repeats that judgement on held-out synthetic images with each region
+(pixel decoder, decoder, each backbone stage) also run in float32, so a model the gate refuses shows which region
+its weights make sensitive (benchmarks/README.md, result 11: ft5 passes with res3 or res4 in float32).
+
+    python benchmarks/fp16_islands.py fastinst-demo /tmp/ft5/fastinst-demo.safetensors --images 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fastinst_rt import load_model
+from fastinst_rt.export import deploy
+from fastinst_rt.export.verify import _judge
+from fastinst_rt.runtime.preprocess import load_image, prepare
+from fastinst_rt.training.synth import make_synthetic_dataset
+
+REGIONS = ("pixel_decoder", "decoder", "backbone.stem", "backbone.res2", "backbone.res3", "backbone.res4",
+           "backbone.res5")  # fmt: skip
+
+
+def _cast(value: Any, dtype: torch.dtype) -> Any:
+    """``value`` (a tensor, or lists, tuples and dicts of them) with its float tensors in ``dtype``."""
+    if torch.is_tensor(value):
+        return value.to(dtype) if value.is_floating_point() else value
+    if isinstance(value, (list, tuple)):
+        return type(value)(_cast(v, dtype) for v in value)
+    if isinstance(value, dict):
+        return {k: _cast(v, dtype) for k, v in value.items()}
+    return value
+
+
+class _InFloat32(torch.nn.Module):
+    """Runs ``module`` in float32; its outputs go back to float16 unless ``to_half`` is off (the decoder, whose
+    outputs the shipped form already gives in float32)."""
+
+    def __init__(self, module: torch.nn.Module, to_half: bool) -> None:
+        super().__init__()
+        self.module, self.to_half = module.float(), to_half
+
+    def forward(self, *args: Any) -> Any:
+        out = self.module(*_cast(args, torch.float32))
+        return _cast(out, torch.float16) if self.to_half else out
+
+
+def judge(model: Any, images: torch.Tensor, sizes: torch.Tensor, region: str | None) -> str:
+    """One line: the gate's agreement of the FP16-mixed network (``region`` also in float32) with FP32."""
+    reference = deploy.DeployModel(model).eval()
+    half = deploy.DeployModel(model, fp16=True).eval()
+    if region:
+        wrapped = _InFloat32(half.model.get_submodule(region), to_half=region != "decoder")
+        deploy._replace(half.model, region, wrapped)
+    with torch.no_grad():
+        ref = [t.numpy() for t in reference(images, sizes)]
+        got = [t.float().numpy() for t in half(images, sizes)]
+    a, broken = _judge("PyTorch float16", "fp16", reference.output_names, ref, got, reference.max_det, False)
+    return (f"{region or 'as shipped':>15}: score diff max {a.score_diff:.3f} mean {a.mean_score_diff:.4f}, "
+            f"mask IoU {a.mask_iou:.3f}, rank misses {a.rank_misses}, {len(broken)} tolerances broken")  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("models", nargs="+", help="zoo names or checkpoints")
+    ap.add_argument("--images", type=int, default=16, help="held-out synthetic images of seed 7 (default 16)")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        ann = make_synthetic_dataset(Path(tmp) / "held-out", args.images, seed=7)
+        rgb = [load_image(p, "rgb") for p in sorted((ann.parent / "images").iterdir())]
+    for name in args.models:
+        model = load_model(name)
+        h, w = model.info.test_size
+        images, sizes = (torch.from_numpy(a) for a in prepare(rgb, h, w)[:2])
+        print(name)
+        for region in (None, *REGIONS):
+            print("  " + judge(model, images, sizes, region), flush=True)
+
+
+if __name__ == "__main__":
+    main()
