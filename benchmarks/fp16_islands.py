@@ -6,6 +6,9 @@ FP32 and judges the instances. This script repeats that judgement on held-out sy
 its weights make sensitive (benchmarks/README.md, result 11: ft5 passes with res3 or res4 in float32).
 
     python benchmarks/fp16_islands.py fastinst-demo /tmp/ft5/fastinst-demo.safetensors --images 16
+
+The export's fallback (``export/onnx_export.py: _fp16_float32_regions``) leaves the same regions in float32 with
+``deploy._Float32Region``; the decoder, measured here too, is not one of them.
 """
 
 from __future__ import annotations
@@ -19,23 +22,13 @@ import torch
 
 from fastinst_rt import load_model
 from fastinst_rt.export import deploy
+from fastinst_rt.export.deploy import _cast
 from fastinst_rt.export.verify import _judge
 from fastinst_rt.runtime.preprocess import load_image, prepare
 from fastinst_rt.training.synth import make_synthetic_dataset
 
 REGIONS = ("pixel_decoder", "decoder", "backbone.stem", "backbone.res2", "backbone.res3", "backbone.res4",
            "backbone.res5")  # fmt: skip
-
-
-def _cast(value: Any, dtype: torch.dtype) -> Any:
-    """``value`` (a tensor, or lists, tuples and dicts of them) with its float tensors in ``dtype``."""
-    if torch.is_tensor(value):
-        return value.to(dtype) if value.is_floating_point() else value
-    if isinstance(value, (list, tuple)):
-        return type(value)(_cast(v, dtype) for v in value)
-    if isinstance(value, dict):
-        return {k: _cast(v, dtype) for k, v in value.items()}
-    return value
 
 
 class _InFloat32(torch.nn.Module):

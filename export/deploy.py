@@ -9,7 +9,8 @@ wrapper deep-copies the model and swaps in export-friendly layers (the pattern o
   exact for any input size (ONNX has no adaptive pooling; a fixed AvgPool kernel is exact for one size only);
 * ``DeformConv`` -> ``ExportDeformConv``, which emits ONNX ``DeformConv`` (opset 19) or TensorRT's built-in
   ``ModulatedDeformConv2d`` plugin node, and runs the pure-torch implementation when not exporting;
-* with ``fp16``: the network in float16 except where float32 was measured to matter (see ``make_exportable``).
+* with ``fp16``: the network in float16 except where float32 was measured to matter (see ``make_exportable``),
+  and optionally whole regions (``fp16_regions``) left in float32 for weights that float16 hurts there.
 
 Masked attention needs no swap: the model already uses a finite additive bias and resets fully masked rows with
 a logical and (``modeling.decoder.attention_bias``), so no NonZero/ScatterND reaches the graph.
@@ -18,6 +19,8 @@ a logical and (``modeling.decoder.attention_bias``), so no NonZero/ScatterND rea
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +30,10 @@ from fastinst_rt.artifact import INPUT_NAMES, OUTPUT_NAMES
 from fastinst_rt.modeling.fastinst import FastInst
 from fastinst_rt.modeling.layers import Attention, DeformConv, deform_conv2d
 
-__all__ = ["DeployModel", "ExactAdaptiveAvgPool2d", "ExportDeformConv", "make_exportable", "select_pairs", "DCN_MODES"]
+__all__ = [
+    "DeployModel", "ExactAdaptiveAvgPool2d", "ExportDeformConv", "make_exportable", "fp16_regions", "select_pairs",
+    "DCN_MODES",
+]  # fmt: skip
 
 # How a deformable convolution is written into the graph: ONNX DeformConv-19 (TensorRT >= 10.1, ORT >= 1.25) or
 # a node that TensorRT's parser maps to its built-in plugin by op name (TensorRT 8.6, opset <= 17).
@@ -189,6 +195,30 @@ class _Float32Output(nn.Module):
         return self.module(x).float()
 
 
+def _cast(value: Any, dtype: torch.dtype) -> Any:
+    """``value`` (a tensor, or tuples, lists and dicts of them) with its floating-point tensors in ``dtype``."""
+    if torch.is_tensor(value):
+        return value.to(dtype) if value.is_floating_point() else value
+    if isinstance(value, (list, tuple)):
+        return type(value)(_cast(v, dtype) for v in value)
+    if isinstance(value, dict):
+        return {k: _cast(v, dtype) for k, v in value.items()}
+    return value
+
+
+class _Float32Region(nn.Module):
+    """A whole region (a backbone stage, the pixel decoder) in float32 inside the FP16-mixed network: its weights
+    and arithmetic float32, its float16 inputs cast up and its outputs cast back down to float16 (one Cast pair at
+    each boundary in the graph)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module.float()
+
+    def forward(self, *args: Any) -> Any:
+        return _cast(self.module(*_cast(args, torch.float32)), torch.float16)
+
+
 class _MixedAttention(nn.Module):
     """``Attention`` with float16 projections and products but a float32 softmax (with the float32 bias added).
 
@@ -223,7 +253,17 @@ def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
     setattr(root.get_submodule(parent) if parent else root, child, new)
 
 
-def make_exportable(model: FastInst, *, dcn: str = "onnx", fp16: bool = False) -> FastInst:
+def fp16_regions(model: FastInst) -> tuple[str, ...]:
+    """The regions an FP16 export may leave in float32, as module paths: each child of the backbone (``stem``,
+    ``res2``..``res5``; ``conv1``, ``bn1``, ``layer1``..``layer4`` for ResNet-D) and the pixel decoder. The decoder
+    is not one: its heads and softmaxes already are float32, and float32 elsewhere in it changed nothing measured
+    (benchmarks/README.md, result 11)."""
+    return (*(f"backbone.{name}" for name, _ in model.backbone.named_children()), "pixel_decoder")
+
+
+def make_exportable(
+    model: FastInst, *, dcn: str = "onnx", fp16: bool = False, float32_regions: Sequence[str] = ()
+) -> FastInst:
     """Swap export-friendly layers into ``model`` in place (use a copy) and return it.
 
     Args:
@@ -233,6 +273,8 @@ def make_exportable(model: FastInst, *, dcn: str = "onnx", fp16: bool = False) -
             constants and the input normalization, LayerNorm/GroupNorm (computed in float32), the attention
             softmax, the query-selection logits (softmax + local maxima + top-k), the class logits, the last mask
             head (so the output mask logits are float32 products), and DCN (float32 like the official block).
+        float32_regions: with ``fp16``, regions of ``fp16_regions`` computed wholly in float32 as well (the FP16
+            export's fallback picks them per weights when the float16 network fails its gate).
 
     Per-island evidence (benchmarks/README.md, result 5): the bundled trained model run by PyTorch in float16 on
     16 held-out images, instances against FP32, one island removed at a time: shipped, largest score difference
@@ -266,6 +308,12 @@ def make_exportable(model: FastInst, *, dcn: str = "onnx", fp16: bool = False) -
         dec.class_embed_layers[last] = _Float32Output(dec.class_embed_layers[last])
         dec.mask_embed_layers[last] = _Float32Output(dec.mask_embed_layers[last])
         dec.mask_features_layers[last] = _Float32Output(dec.mask_features_layers[last])
+    unknown = set(float32_regions) - set(fp16_regions(model))
+    if unknown or (float32_regions and not fp16):
+        raise ValueError(f"float32 regions {sorted(unknown) or list(float32_regions)} need fp16 and one of "
+                         f"{fp16_regions(model)}")  # fmt: skip
+    for region in float32_regions:
+        _replace(model, region, _Float32Region(model.get_submodule(region)))
     return model
 
 
@@ -302,6 +350,7 @@ class DeployModel(nn.Module):
         raw: return the raw head outputs instead of the selected pairs.
         max_det: pairs returned by the end-to-end head (clamped to Q*K).
         fp16: FP16-mixed network (see ``make_exportable``); inputs and outputs keep their dtypes.
+        float32_regions: with ``fp16``, regions of ``fp16_regions`` left wholly in float32.
         dcn: how deformable convolutions are exported, one of ``DCN_MODES``.
 
     ``forward(images, sizes)``: images (B, 3, H, W) uint8 RGB, zero-padded bottom/right to multiples of 32; sizes
@@ -310,11 +359,12 @@ class DeployModel(nn.Module):
     """
 
     def __init__(
-        self, model: FastInst, *, raw: bool = False, max_det: int = 100, fp16: bool = False, dcn: str = "onnx"
-    ):
+        self, model: FastInst, *, raw: bool = False, max_det: int = 100, fp16: bool = False, dcn: str = "onnx",
+        float32_regions: Sequence[str] = (),
+    ):  # fmt: skip
         super().__init__()
-        self.model = make_exportable(copy.deepcopy(model).eval(), dcn=dcn, fp16=fp16)
-        self.raw, self.fp16 = raw, fp16
+        self.model = make_exportable(copy.deepcopy(model).eval(), dcn=dcn, fp16=fp16, float32_regions=float32_regions)
+        self.raw, self.fp16, self.float32_regions = raw, fp16, tuple(float32_regions)
         q, k = model.decoder.num_queries, model.num_classes
         if max_det < 1:
             raise ValueError(f"max_det must be positive, got {max_det}")

@@ -39,13 +39,14 @@ from fastinst_rt.zoo import DEFAULT_TEST_SIZE
 
 from . import quantize
 from .checks import Agreement, check_graph, graph_opset
-from .deploy import MASK_STRIDE, DeployModel
-from .verify import SIMPLIFY_TOL, gate_inputs, judge_reduced, simplify_graph, verify_graph, verify_half, verify_reduced
+from .deploy import MASK_STRIDE, DeployModel, fp16_regions
+from .verify import SIMPLIFY_TOL, gate_inputs, judge_half, judge_reduced, simplify_graph, verify_graph, verify_reduced
 
 __all__ = ["export_onnx", "plan_export", "ExportPlan", "parse_imgsz", "default_imgsz"]
 
 _INT8_JUDGED = 4  # images beyond the calibration ones that judge an INT8 graph
 _INT8_FALLBACK_REGIONS = 2  # regions an INT8 graph may leave in float32 to pass its gate
+_FP16_FALLBACK_REGIONS = 2  # regions an FP16 graph may leave in float32 to pass its gate
 
 DEFAULT_OPSET = 19  # ONNX DeformConv; TensorRT >= 10.1 and ONNX Runtime >= 1.25
 PLUGIN_OPSET = 17  # TensorRT 8.6's parser reads opset <= 17
@@ -205,7 +206,9 @@ def export_onnx(
         progress: print the steps to stderr.
 
     FP16 and INT8 graphs are judged on their final instances against the FP32 model (``verify.verify_reduced``)
-    and refused past ``checks.TOLERANCES``; nothing is written then.
+    and refused past ``checks.TOLERANCES``; nothing is written then. Before that, either falls back to leaving up to
+    two regions of the network in float32 when its weights need it (``_fp16_float32_regions``, ``_quantize``); the
+    metadata names them (``fp16.float32_regions``, ``quantization.float32_regions``).
     """
     start = time.perf_counter()
     output = check_writable(output, "output")  # before the model is loaded and traced
@@ -221,9 +224,12 @@ def export_onnx(
     plan = plan_export(net, info, imgsz=imgsz, dynamic=dynamic, min_size=min_size, max_size=max_size, batch=batch,
                        fp16=fp16, raw=raw, opset=opset, max_det=max_det, dcn_plugin=dcn_plugin, simplify=simplify,
                        progress=progress)  # fmt: skip
-    wrapper = DeployModel(net, raw=raw, max_det=plan.max_det, fp16=fp16, dcn=plan.dcn if plan.dcn != "none" else "onnx")
     # Dynamic export traces batch 2: torch.export specializes an example dimension of size 1.
     images, sizes = _example_inputs(2 if dynamic else batch, plan.size)
+    dcn = plan.dcn if plan.dcn != "none" else "onnx"
+    # Judged before the long trace: which regions, if any, the float16 network needs in float32 for these weights.
+    regions = _fp16_float32_regions(net, plan, (images, sizes), dcn) if fp16 and plan.runnable else ()
+    wrapper = DeployModel(net, raw=raw, max_det=plan.max_det, fp16=fp16, dcn=dcn, float32_regions=regions)
     proto = _trace(wrapper, images, sizes, plan)
     if plan.simplify:
         feeds = {"images": images.numpy(), "sizes": sizes.numpy()} if plan.runnable else None
@@ -231,7 +237,7 @@ def export_onnx(
     _add_metadata_and_lint(proto, _metadata(plan, wrapper), plan)
     if plan.runnable:
         if fp16:
-            _check_fp16(proto, net, wrapper, (images, sizes), plan)
+            _check_fp16(proto, net, (images, sizes), plan)
         else:
             verify_graph(proto, wrapper, images, sizes, progress)
         if int8:
@@ -243,12 +249,47 @@ def export_onnx(
     return _save(proto, output, progress, start)
 
 
-def _check_fp16(proto: onnx.ModelProto, net: FastInst, wrapper: DeployModel, example: tuple, plan: ExportPlan) -> None:
-    """The FP16 graph's instances (ONNX Runtime, and the network in float16 on PyTorch) against FP32's."""
+def _check_fp16(proto: onnx.ModelProto, net: FastInst, example: tuple, plan: ExportPlan) -> None:
+    """The FP16 graph's instances on ONNX Runtime against FP32's (the float16 network itself was judged by
+    ``_fp16_float32_regions``)."""
     reference = DeployModel(net, raw=plan.raw, max_det=plan.max_det).eval()
     inputs = gate_inputs(example, None if plan.dynamic else plan.size, plan.test_size)
     verify_reduced(proto, reference, inputs, "fp16", plan.progress)
-    verify_half(reference, wrapper, inputs[-1][0][:1], inputs[-1][1][:1], plan.progress)  # the photo, once
+
+
+def _fp16_float32_regions(net: FastInst, plan: ExportPlan, example: tuple, dcn: str) -> tuple[str, ...]:
+    """The regions (``deploy.fp16_regions``) that the FP16-mixed network leaves in float32: none when PyTorch
+    float16 passes the gate on the shipped photo, else one more at a time, the one breaking the fewest tolerances
+    with the smallest mean score difference, up to ``_FP16_FALLBACK_REGIONS``; RuntimeError if it still fails.
+
+    As for INT8, where float16 hurts is a property of the weights: fine-tuning the bundled model made res3 and res4
+    sensitive where its parent was not (benchmarks/README.md, result 11). A float32 region costs the FP16 speed of
+    its layers only; the rest of the network stays float16.
+    """
+    reference = DeployModel(net, raw=plan.raw, max_det=plan.max_det).eval()
+    images, sizes = gate_inputs(example, None if plan.dynamic else plan.size, plan.test_size)[-1]
+    images, sizes = images[:1], sizes[:1]  # the photo, once
+
+    def attempt(kept: tuple[str, ...], progress: bool) -> tuple[Agreement, list[str], tuple[str, ...]]:
+        half = DeployModel(net, raw=plan.raw, max_det=plan.max_det, fp16=True, dcn=dcn, float32_regions=kept).eval()
+        agreement, problems = judge_half(reference, half, images, sizes, progress)
+        if kept:
+            _log(plan.progress, f"fp16 with {', '.join(kept)} in float32: mean score diff "
+                                f"{agreement.mean_score_diff:.3f}, {len(problems)} broken")  # fmt: skip
+        return agreement, problems, kept
+
+    candidates = fp16_regions(net)
+    _, problems, kept = attempt((), plan.progress)
+    while problems and len(kept) < min(_FP16_FALLBACK_REGIONS, len(candidates)):
+        _log(plan.progress, "fp16 breaks its tolerances (" + "; ".join(problems) + "): trying each region in float32")
+        tries = [attempt((*kept, r), False) for r in candidates if r not in kept]
+        _, problems, kept = min(tries, key=lambda t: (len(t[1]), t[0].mean_score_diff))
+    if problems:
+        also = f"; also with {', '.join(kept)} left in float32" if kept else ""
+        raise RuntimeError("the fp16 graph loses accuracy against FP32: " + "; ".join(problems) + also)
+    if kept:
+        _log(plan.progress, f"fp16: {', '.join(kept)} left in float32 to pass the gate")
+    return kept
 
 
 def _quantize(
@@ -432,4 +473,5 @@ def _metadata(plan: ExportPlan, wrapper: DeployModel) -> ArtifactMeta:
         opset=plan.opset, exporter=f"torch.onnx {plan.exporter} (torch {torch.__version__}, onnx {onnx.__version__})",
         dcn=plan.dcn, source=os.path.basename(info.source) if info.source else "", source_sha256=info.sha256,
         fastinst_rt_version=__version__, config=info.config.to_dict() if info.config is not None else None,
+        extra={"fp16": {"float32_regions": list(wrapper.float32_regions)}} if wrapper.fp16 else {},
     )  # fmt: skip

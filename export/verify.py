@@ -28,7 +28,7 @@ from .deploy import DeployModel, select_pairs
 
 __all__ = [
     "FP32_TOL", "simplify_graph", "run_onnx", "rel_sorted", "gate_inputs", "verify_graph", "verify_half",
-    "verify_reduced", "judge_reduced",
+    "verify_reduced", "judge_reduced", "judge_half",
 ]  # fmt: skip
 
 FP32_TOL = 1e-3
@@ -164,13 +164,19 @@ def verify_half(
     to float16 give the shipped graph's instances there), so it cannot show what float16 arithmetic costs on a GPU;
     PyTorch runs the network the graph was traced from in float16.
     """
+    agreement, problems = judge_half(reference, half, images, sizes, progress)
+    _refuse("fp16", problems)
+    return agreement
+
+
+def judge_half(
+    reference: DeployModel, half: DeployModel, images: torch.Tensor, sizes: torch.Tensor, progress: bool
+) -> tuple[Agreement, list[str]]:
+    """``verify_half`` without the refusal: the agreement and every broken tolerance (empty: it passes)."""
     with torch.no_grad():
         ref = [t.numpy() for t in reference(images, sizes)]
         got = [t.float().numpy() for t in half(images, sizes)]
-    agreement, problems = _judge("PyTorch float16", "fp16", reference.output_names, ref, got, reference.max_det,
-                                 progress)  # fmt: skip
-    _refuse("fp16", problems)
-    return agreement
+    return _judge("PyTorch float16", "fp16", reference.output_names, ref, got, reference.max_det, progress)
 
 
 def verify_reduced(

@@ -113,10 +113,12 @@ def tiny(tmp_path_factory) -> tuple[torch.nn.Module, object]:
 
 
 def test_fp16_export_with_norms_in_float16_is_refused(tiny, tmp_path: Path, monkeypatch) -> None:
-    """An FP16 export with its normalizations forced to float16 is refused before anything is written (the lint
-    sees float16 norms; the numerical gate would too, next test)."""
-    model, info = tiny
+    """An FP16 export with its normalizations forced to float16 is refused before anything is written: the lint on
+    its own (the numerical gate, which runs first, is bypassed here and tested next) sees float16 norms."""
+    from fastinst_rt.export import onnx_export
 
+    model, info = tiny
+    monkeypatch.setattr(onnx_export, "_fp16_float32_regions", lambda *args: ())
     monkeypatch.setattr(deploy, "_Float32", _HalfNorm)
     out = tmp_path / "broken.onnx"
     with pytest.raises(RuntimeError, match="runs in float16"):
@@ -124,24 +126,69 @@ def test_fp16_export_with_norms_in_float16_is_refused(tiny, tmp_path: Path, monk
     assert not out.exists()
 
 
-def test_fp16_norms_in_float16_lose_accuracy_and_the_gate_sees_it(tmp_path: Path, monkeypatch) -> None:
-    """The numerical gate on its own (the lint bypassed): the bundled model's FP16-mixed network run in float16
-    passes on held-out images, the same network with its norms forced to float16 is refused (measured score
-    differences 0.01 and 0.23 against FP32; tolerance 0.05)."""
+@pytest.fixture(scope="module")
+def demo_fp16(tmp_path_factory) -> dict:
+    """The bundled model exported as FP16 through the gate, with the regions its weights need in float32."""
+    from fastinst_rt.jobs.demo import DEMO_MODEL
+
+    path = export_onnx(DEMO_MODEL, tmp_path_factory.mktemp("fp16") / "demo-fp16.onnx", imgsz=(256, 320), fp16=True,
+                       progress=False)  # fmt: skip
+    meta = {p.key: json.loads(p.value) for p in onnx.load(str(path)).metadata_props}
+    return {"path": path, "regions": tuple(meta["fp16"]["float32_regions"]), "model": DEMO_MODEL}
+
+
+def _photo_batch(size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The shipped photo as the FP16 gate sees it: pre-processed at the bundled test size into ``size``."""
+    import fastinst_rt
+    from fastinst_rt.runtime.preprocess import load_image, prepare
+
+    photo = load_image(Path(fastinst_rt.__file__).parent / "assets" / "astronaut.jpg", "rgb")
+    return tuple(torch.from_numpy(a) for a in prepare([photo], 256, 341, 32, size)[:2])  # type: ignore[return-value]
+
+
+def test_the_bundled_model_exports_fp16_with_no_more_float32_than_its_weights_need(demo_fp16: dict) -> None:
+    """The bundled model's FP16 graph is lint-clean, runs, and keeps at most two regions in float32; its float16
+    network passes the gate with them, and breaks it with the last one taken away (the fallback adds a region only
+    when the gate needs it)."""
+    from fastinst_rt import load_model
+    from fastinst_rt.export.verify import judge_half
+
+    regions = demo_fp16["regions"]
+    assert check_graph(onnx.load(str(demo_fp16["path"]))) == [] and len(regions) <= 2
+    model = load_model(demo_fp16["model"])
+    images, sizes = _photo_batch((256, 320))
+    reference = deploy.DeployModel(model).eval()
+
+    def broken(kept: tuple[str, ...]) -> list[str]:
+        half = deploy.DeployModel(model, fp16=True, float32_regions=kept).eval()
+        return judge_half(reference, half, images, sizes, progress=False)[1]
+
+    assert broken(regions) == []
+    if regions:
+        assert broken(regions[:-1]), f"{regions[-1]} was kept in float32 without need"
+    result = Segmenter(str(demo_fp16["path"])).predict(images[0].permute(1, 2, 0).numpy())
+    assert len(result) > 0 and np.isfinite(result.scores).all()
+
+
+def test_fp16_norms_in_float16_lose_accuracy_and_the_gate_sees_it(demo_fp16: dict, tmp_path: Path, monkeypatch) -> None:
+    """The numerical gate on its own (the lint bypassed), on held-out images rather than the gate's photo: the
+    bundled model's FP16-mixed network as exported (with its float32 regions) passes, the same network with its norms
+    forced to float16 is refused (measured score differences 0.016 and 0.23 against FP32; tolerance 0.05)."""
     from fastinst_rt import load_model
     from fastinst_rt.export.verify import verify_half
     from fastinst_rt.runtime.preprocess import load_image, prepare
     from fastinst_rt.training.synth import make_synthetic_dataset
 
-    model = load_model("fastinst-demo")
+    model = load_model(demo_fp16["model"])
     ann = make_synthetic_dataset(tmp_path / "held-out", 16, seed=7)
     rgb = [load_image(p, "rgb") for p in sorted((ann.parent / "images").iterdir())]
     images, sizes = (torch.from_numpy(a) for a in prepare(rgb, 256, 341)[:2])
     reference = deploy.DeployModel(model).eval()
-    shipped = verify_half(reference, deploy.DeployModel(model, fp16=True).eval(), images, sizes, progress=False)
+    exported = deploy.DeployModel(model, fp16=True, float32_regions=demo_fp16["regions"]).eval()
+    shipped = verify_half(reference, exported, images, sizes, progress=False)
     assert shipped.matched == 1.0 and shipped.score_diff < 0.03, shipped
     monkeypatch.setattr(deploy, "_Float32", _HalfStatsNorm)
-    broken = deploy.DeployModel(model, fp16=True).eval()
+    broken = deploy.DeployModel(model, fp16=True, float32_regions=demo_fp16["regions"]).eval()
     with pytest.raises(RuntimeError, match="PyTorch float16: scores differ"):
         verify_half(reference, broken, images, sizes, progress=False)
 
@@ -223,6 +270,55 @@ def test_int8_export_leaves_regions_in_float32_then_refuses(tiny, tmp_path: Path
     out = tmp_path / "refused.onnx"
     with pytest.raises(RuntimeError, match=r"on average .*; also with [\w.]+, [\w.]+ left in float32$"):
         export_onnx(model, out, imgsz=(256, 320), int8=True, calib=calib, calib_images=2, progress=False)
+    assert not out.exists()
+
+
+def _conv_weight_dtypes(proto: onnx.ModelProto) -> dict[str, int]:
+    """{weight initializer name: ONNX element type} of every Conv whose weight is an initializer."""
+    inits = {i.name: i.data_type for i in proto.graph.initializer}
+    return {n.input[1]: inits[n.input[1]] for n in proto.graph.node if n.op_type == "Conv" and n.input[1] in inits}
+
+
+def test_an_fp16_region_left_in_float32_holds_float32_weights_and_the_rest_stays_float16(
+    tiny, tmp_path: Path, monkeypatch
+) -> None:
+    """What the FP16 fallback writes when it keeps a region, whatever weights are bundled: that region's
+    convolutions hold float32 weights, every other backbone convolution float16, the graph passes the TensorRT lint
+    and ONNX Runtime's gate, and the metadata (and ``info``) name the region. The region is given here; which region
+    the gate picks is the next tests' subject."""
+    from fastinst_rt.export import onnx_export
+
+    model, _ = tiny
+    assert deploy.fp16_regions(model) == (*(f"backbone.{s}" for s in ("stem", "res2", "res3", "res4", "res5")),
+                                          "pixel_decoder")  # fmt: skip
+    with pytest.raises(ValueError, match="float32 regions"):
+        deploy.DeployModel(model, fp16=True, float32_regions=("decoder",))
+    monkeypatch.setattr(onnx_export, "_fp16_float32_regions", lambda *args: ("backbone.res3",))
+    path = export_onnx(model, tmp_path / "m.onnx", fp16=True, imgsz=(256, 320), progress=False)
+    proto = onnx.load(str(path))
+    assert check_graph(proto) == []
+    meta = {p.key: json.loads(p.value) for p in proto.metadata_props}
+    assert meta["precision"] == "fp16" and meta["fp16"]["float32_regions"] == ["backbone.res3"]
+    weights = _conv_weight_dtypes(proto)
+    res3 = {w: t for w, t in weights.items() if w.startswith("model.backbone.res3.")}
+    rest = {w: t for w, t in weights.items() if w.startswith("model.backbone.") and w not in res3}
+    assert res3 and set(res3.values()) == {onnx.TensorProto.FLOAT}
+    assert rest and set(rest.values()) == {onnx.TensorProto.FLOAT16}
+    assert Segmenter(str(path)).backend.describe()["float32_regions"] == ["backbone.res3"]
+
+
+def test_fp16_export_leaves_regions_in_float32_then_refuses(tiny, tmp_path: Path, monkeypatch) -> None:
+    """An FP16 network past its tolerances is judged again with one region, then two, left in float32 (before the
+    trace), and refused with what was tried when that does not help either; nothing is written."""
+    from fastinst_rt.export import checks
+
+    model, _ = tiny
+    impossible = dataclasses.replace(checks.TOLERANCES["fp16"], mean_score_diff=-1.0)
+    monkeypatch.setitem(checks.TOLERANCES, "fp16", impossible)
+    out = tmp_path / "refused.onnx"
+    with pytest.raises(RuntimeError, match=r"^the fp16 graph loses accuracy.*PyTorch float16: .*; also with "
+                                           r"[\w.]+, [\w.]+ left in float32$"):  # fmt: skip
+        export_onnx(model, out, fp16=True, imgsz=(256, 320), progress=False)
     assert not out.exists()
 
 

@@ -128,6 +128,9 @@ class OnnxRuntimeBackend(Backend):
             inputs={i.name: f"{i.type} {i.shape}" for i in self.session.get_inputs()},
             graph_outputs={o.name: f"{o.type} {o.shape}" for o in self.session.get_outputs()},
         )  # fmt: skip
+        if m.precision != "fp32":  # what the export's gate left in float32 for these weights
+            reduced = m.extra.get("fp16" if m.precision == "fp16" else "quantization", {})
+            d["float32_regions"] = reduced.get("float32_regions", []) if isinstance(reduced, dict) else []
         return d
 
 
