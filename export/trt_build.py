@@ -7,7 +7,10 @@ caches) and differences are found by probing the module, not by comparing versio
 * network creation: ``EXPLICIT_BATCH`` is required on 8.6, ignored on 10.x, gone on 11.x;
 * FP16: an FP16 ONNX (``fastinst-rt export --fp16``) is built as a strongly typed network where
   ``STRONGLY_TYPED`` exists (TensorRT 11 has no ``BuilderFlag.FP16``); an FP32 ONNX with ``fp16=True`` uses
-  the FP16 builder flag where it still exists and is refused where it does not;
+  the FP16 builder flag where it still exists and is refused where it does not. Only a strongly typed build keeps
+  what the FP16 graph computes in float32 (norms, softmaxes, heads, and the regions its export's gate left in
+  float32, ``fp16.float32_regions``) in float32; TensorRT 8.6 builds it weakly typed with the FP16 flag and may
+  pick FP16 kernels there too (not measured: no TensorRT here);
 * INT8: an INT8 ONNX (``fastinst-rt export --int8``) carries its scales as Q/DQ nodes (explicit quantization,
   no calibrator): strongly typed where ``STRONGLY_TYPED`` exists (10.x+; on 11 the only way), else with the INT8
   builder flag, which TensorRT 8.6 needs to honour Q/DQ;
