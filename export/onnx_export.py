@@ -274,8 +274,8 @@ def _fp16_float32_regions(net: FastInst, plan: ExportPlan, example: tuple, dcn: 
         half = DeployModel(net, raw=plan.raw, max_det=plan.max_det, fp16=True, dcn=dcn, float32_regions=kept).eval()
         agreement, problems = judge_half(reference, half, images, sizes, progress)
         if kept:
-            _log(plan.progress, f"fp16 with {', '.join(kept)} in float32: mean score diff "
-                                f"{agreement.mean_score_diff:.3f}, {len(problems)} broken")  # fmt: skip
+            _log(plan.progress, f"fp16 with {', '.join(kept)} in float32: score diff {agreement.score_diff:.4f}, "
+                                f"mean {agreement.mean_score_diff:.4f}, {len(problems)} broken")  # fmt: skip
         return agreement, problems, kept
 
     candidates = fp16_regions(net)
