@@ -7,8 +7,8 @@ its weights make sensitive (benchmarks/README.md, result 11: ft5 passes with res
 
     python benchmarks/fp16_islands.py fastinst-demo /tmp/ft5/fastinst-demo.safetensors --images 16
 
-The export's fallback (``export/onnx_export.py: _fp16_float32_regions``) leaves the same regions in float32 with
-``deploy._Float32Region``; the decoder, measured here too, is not one of them.
+The regions are the export's own (``deploy.fp16_regions``, run in float32 as its fallback runs them,
+``export/onnx_export.py: _fp16_float32_regions``); the decoder, measured here too, is not one of them.
 """
 
 from __future__ import annotations
@@ -23,38 +23,30 @@ import torch
 from fastinst_rt import load_model
 from fastinst_rt.export import deploy
 from fastinst_rt.export.deploy import _cast
-from fastinst_rt.export.verify import _judge
+from fastinst_rt.export.verify import judge_half
 from fastinst_rt.runtime.preprocess import load_image, prepare
 from fastinst_rt.training.synth import make_synthetic_dataset
 
-REGIONS = ("pixel_decoder", "decoder", "backbone.stem", "backbone.res2", "backbone.res3", "backbone.res4",
-           "backbone.res5")  # fmt: skip
 
+class _DecoderInFloat32(torch.nn.Module):
+    """The decoder in float32 (not one of the export's regions: its outputs are float32 already, as shipped)."""
 
-class _InFloat32(torch.nn.Module):
-    """Runs ``module`` in float32; its outputs go back to float16 unless ``to_half`` is off (the decoder, whose
-    outputs the shipped form already gives in float32)."""
-
-    def __init__(self, module: torch.nn.Module, to_half: bool) -> None:
+    def __init__(self, decoder: torch.nn.Module) -> None:
         super().__init__()
-        self.module, self.to_half = module.float(), to_half
+        self.decoder = decoder.float()
 
     def forward(self, *args: Any) -> Any:
-        out = self.module(*_cast(args, torch.float32))
-        return _cast(out, torch.float16) if self.to_half else out
+        return self.decoder(*_cast(args, torch.float32))
 
 
 def judge(model: Any, images: torch.Tensor, sizes: torch.Tensor, region: str | None) -> str:
     """One line: the gate's agreement of the FP16-mixed network (``region`` also in float32) with FP32."""
     reference = deploy.DeployModel(model).eval()
-    half = deploy.DeployModel(model, fp16=True).eval()
-    if region:
-        wrapped = _InFloat32(half.model.get_submodule(region), to_half=region != "decoder")
-        deploy._replace(half.model, region, wrapped)
-    with torch.no_grad():
-        ref = [t.numpy() for t in reference(images, sizes)]
-        got = [t.float().numpy() for t in half(images, sizes)]
-    a, broken = _judge("PyTorch float16", "fp16", reference.output_names, ref, got, reference.max_det, False)
+    regions = (region,) if region and region != "decoder" else ()
+    half = deploy.DeployModel(model, fp16=True, float32_regions=regions).eval()
+    if region == "decoder":
+        deploy._replace(half.model, "decoder", _DecoderInFloat32(half.model.decoder))
+    a, broken = judge_half(reference, half, images, sizes, progress=False)
     return (f"{region or 'as shipped':>15}: score diff max {a.score_diff:.3f} mean {a.mean_score_diff:.4f}, "
             f"mask IoU {a.mask_iou:.3f}, rank misses {a.rank_misses}, {len(broken)} tolerances broken")  # fmt: skip
 
@@ -72,7 +64,7 @@ def main() -> None:
         h, w = model.info.test_size
         images, sizes = (torch.from_numpy(a) for a in prepare(rgb, h, w)[:2])
         print(name)
-        for region in (None, *REGIONS):
+        for region in (None, "decoder", *deploy.fp16_regions(model)):
             print("  " + judge(model, images, sizes, region), flush=True)
 
 

@@ -227,8 +227,10 @@ def export_onnx(
     # Dynamic export traces batch 2: torch.export specializes an example dimension of size 1.
     images, sizes = _example_inputs(2 if dynamic else batch, plan.size)
     dcn = plan.dcn if plan.dcn != "none" else "onnx"
+    # The FP32 network that FP16 graphs are judged against, built once for the judgements before and after the trace.
+    reference = DeployModel(net, raw=raw, max_det=plan.max_det).eval() if fp16 and plan.runnable else None
     # Judged before the long trace: which regions, if any, the float16 network needs in float32 for these weights.
-    regions = _fp16_float32_regions(net, plan, (images, sizes), dcn) if fp16 and plan.runnable else ()
+    regions = _fp16_float32_regions(net, reference, plan, (images, sizes), dcn) if reference is not None else ()
     wrapper = DeployModel(net, raw=raw, max_det=plan.max_det, fp16=fp16, dcn=dcn, float32_regions=regions)
     proto = _trace(wrapper, images, sizes, plan)
     if plan.simplify:
@@ -236,8 +238,8 @@ def export_onnx(
         proto = simplify_graph(proto, feeds, SIMPLIFY_TOL, progress)
     _add_metadata_and_lint(proto, _metadata(plan, wrapper), plan)
     if plan.runnable:
-        if fp16:
-            _check_fp16(proto, net, (images, sizes), plan)
+        if reference is not None:
+            _check_fp16(proto, reference, (images, sizes), plan)
         else:
             verify_graph(proto, wrapper, images, sizes, progress)
         if int8:
@@ -249,15 +251,16 @@ def export_onnx(
     return _save(proto, output, progress, start)
 
 
-def _check_fp16(proto: onnx.ModelProto, net: FastInst, example: tuple, plan: ExportPlan) -> None:
-    """The FP16 graph's instances on ONNX Runtime against FP32's (the float16 network itself was judged by
-    ``_fp16_float32_regions``)."""
-    reference = DeployModel(net, raw=plan.raw, max_det=plan.max_det).eval()
+def _check_fp16(proto: onnx.ModelProto, reference: DeployModel, example: tuple, plan: ExportPlan) -> None:
+    """The FP16 graph's instances on ONNX Runtime against the FP32 ``reference``'s (the float16 network itself was
+    judged by ``_fp16_float32_regions``)."""
     inputs = gate_inputs(example, None if plan.dynamic else plan.size, plan.test_size)
     verify_reduced(proto, reference, inputs, "fp16", plan.progress)
 
 
-def _fp16_float32_regions(net: FastInst, plan: ExportPlan, example: tuple, dcn: str) -> tuple[str, ...]:
+def _fp16_float32_regions(
+    net: FastInst, reference: DeployModel, plan: ExportPlan, example: tuple, dcn: str
+) -> tuple[str, ...]:
     """The regions (``deploy.fp16_regions``) that the FP16-mixed network leaves in float32: none when PyTorch
     float16 passes the gate on the shipped photo, else one more at a time, the one breaking the fewest tolerances
     with the smallest mean score difference, up to ``_FP16_FALLBACK_REGIONS``; RuntimeError if it still fails.
@@ -266,7 +269,6 @@ def _fp16_float32_regions(net: FastInst, plan: ExportPlan, example: tuple, dcn: 
     sensitive where its parent was not (benchmarks/README.md, result 11). A float32 region costs the FP16 speed of
     its layers only; the rest of the network stays float16.
     """
-    reference = DeployModel(net, raw=plan.raw, max_det=plan.max_det).eval()
     images, sizes = gate_inputs(example, None if plan.dynamic else plan.size, plan.test_size)[-1]
     images, sizes = images[:1], sizes[:1]  # the photo, once
 
