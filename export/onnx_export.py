@@ -31,7 +31,7 @@ from fastinst_rt import __version__
 from fastinst_rt.artifact import ArtifactMeta
 from fastinst_rt.checkpoint import ModelInfo, load_checkpoint
 from fastinst_rt.coco import COCO_CLASSES
-from fastinst_rt.jobs.outputs import check_writable, write_atomic
+from fastinst_rt.io.outputs import check_writable, write_atomic
 from fastinst_rt.modeling.fastinst import SIZE_DIVISIBILITY, FastInst
 from fastinst_rt.modeling.layers import DeformConv
 from fastinst_rt.runtime.preprocess import MAX_TEST_SIZE, check_test_size

@@ -21,6 +21,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from fastinst_rt.io.outputs import write_atomic
+
 __all__ = ["write_model_repository", "artifact_io", "TRITON_DTYPES"]
 
 # numpy dtype name -> Triton DataType (model_config.proto).
@@ -160,5 +162,4 @@ def write_model_repository(
     target = version_dir / ("model.onnx" if platform == "onnxruntime_onnx" else "model.plan")
     shutil.copyfile(path, target)
     config = model_dir / "config.pbtxt"
-    config.write_text(text)
-    return config
+    return write_atomic(config, text)

@@ -51,6 +51,7 @@ from fastinst_rt.artifact import (
     sidecar_path,
     write_sidecar,
 )
+from fastinst_rt.io.outputs import atomic_path
 
 if TYPE_CHECKING:  # for annotations; TensorRT is imported where it is used, most installs have none
     import tensorrt as trt
@@ -320,14 +321,15 @@ def _build(
     if serialized is None:
         raise RuntimeError("TensorRT failed to build the engine (see the TensorRT log above)")
     if plan.timing_cache is not None:
-        plan.timing_cache.write_bytes(memoryview(config.get_timing_cache().serialize()))
+        with atomic_path(plan.timing_cache) as tmp:
+            tmp.write_bytes(memoryview(config.get_timing_cache().serialize()))
     return serialized, time.perf_counter() - start
 
 
 def _write(plan: BuildPlan, serialized: trt.IHostMemory, shapes: Profile, seconds: float, progress: bool) -> Path:
     out = plan.output
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(memoryview(serialized))
+    with atomic_path(out) as tmp:  # the engine appears whole or not at all
+        tmp.write_bytes(memoryview(serialized))
     sidecar = EngineSidecar(
         meta=plan.meta, tensorrt=plan.trt_version, gpu=plan.gpu["name"],
         compute_capability=plan.gpu["compute_capability"], precision=plan.precision,

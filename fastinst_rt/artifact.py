@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .io.outputs import write_atomic
+
 __all__ = [
     "FORMAT",
     "ENGINE_FORMAT",
@@ -373,8 +375,7 @@ def read_sidecar(engine: str | os.PathLike) -> EngineSidecar:
 def write_sidecar(engine: str | os.PathLike, sidecar: EngineSidecar) -> Path:
     """Write ``sidecar`` beside ``engine``; returns its path."""
     path = sidecar_path(engine)
-    path.write_text(json.dumps(sidecar.to_dict(), indent=2))
-    return path
+    return write_atomic(path, json.dumps(sidecar.to_dict(), indent=2))
 
 
 def check_engine_compat(sidecar: EngineSidecar, trt_version: str, gpu_name: str, compute_capability: str) -> None:

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import cli_parser
+from .cli_paths import check_command_paths
+from .io.outputs import shown
 from .serving import cli as serving_cli
 
 if TYPE_CHECKING:
@@ -59,7 +61,7 @@ def _report(summary: Any, metrics: dict | None, args: argparse.Namespace) -> int
     if summary.dropped:
         print(f"realtime mode dropped {summary.dropped} frame(s) to keep up")
     for path in summary.written:
-        print(f"wrote {path}")
+        print(f"wrote {shown(path)}")
     if metrics:
         m = metrics
         print(f"MOTA {m['mota']:.3f}, IDF1 {m['idf1']:.3f}, ID switches {m['num_switches']:.0f}, precision "
@@ -68,7 +70,7 @@ def _report(summary: Any, metrics: dict | None, args: argparse.Namespace) -> int
     if summary.failed:
         print(f"error: {len(summary.failed)} image(s) could not be read and were skipped:", file=sys.stderr)
         for name, why in summary.failed:
-            print(f"  {name}: {why}", file=sys.stderr)
+            print(f"  {shown(name)}: {why}", file=sys.stderr)
     if summary.stopped:
         print(f"error: {args.source}: {summary.stopped}; {done}", file=sys.stderr)
     if summary.error:
@@ -158,7 +160,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 def _cmd_build(args: argparse.Namespace) -> int:
     from fastinst_rt.export.trt_build import build_engine, parse_shape
 
-    from .jobs.outputs import check_writable
+    from .io.outputs import check_writable
 
     if args.output:
         check_writable(args.output, "--output")  # before TensorRT spends minutes on the build
@@ -195,8 +197,8 @@ def _segmenters(args: argparse.Namespace) -> list[tuple[str, Segmenter]]:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    from .io.outputs import check_writable
     from .jobs.bench import benchmark, markdown_table, plot_runs, write_json
-    from .jobs.outputs import check_writable
 
     for output, what in ((args.json, "--json"), (args.plot, "--plot")):
         if output:
@@ -264,6 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # argparse has printed its one line (or --help)
         return int(e.code or 0)
     try:
+        check_command_paths(args)  # no output on an input or on another output, before any work
         return args.func(args)
     except USER_ERRORS as e:
         if args.debug:

@@ -22,9 +22,9 @@ from pycocotools import mask as mask_utils
 from fastinst_rt import Segmenter
 from fastinst_rt.cli import main
 from fastinst_rt.coco import COCO_CATEGORY_IDS, COCO_CLASSES
+from fastinst_rt.io.outputs import OutputError, check_writable, write_atomic
 from fastinst_rt.jobs.coco_checks import rle_counts
 from fastinst_rt.jobs.evaluate import evaluate_coco
-from fastinst_rt.jobs.outputs import OutputError, check_writable, write_atomic
 
 from .conftest import TEST_VARIANTS
 from .test_hardening import cli_error

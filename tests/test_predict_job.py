@@ -168,7 +168,7 @@ def test_track_command_writes_mot_and_scores_it(clip: Path, tmp_path: Path, caps
 
 
 def test_video_writer_mp4v_fallback_and_size_changes(frames, tmp_path: Path) -> None:
-    from fastinst_rt.jobs.video_out import VideoWriter
+    from fastinst_rt.io.video_out import VideoWriter
 
     with VideoWriter(tmp_path / "v.mp4", 12.0, codec="mp4v") as writer:
         for im in frames[:5] + [cv2.resize(im, (200, 150)) for im in frames[5:8]]:

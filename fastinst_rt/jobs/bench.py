@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io.outputs import write_atomic
 from ..runtime.preprocess import load_image
 from ..runtime.segmenter import Segmenter
-from .outputs import write_atomic
 
 __all__ = ["BenchRun", "benchmark", "markdown_table", "plot_runs", "machine_info", "STAGES"]
 

@@ -16,7 +16,7 @@ import time
 import cv2
 import numpy as np
 
-from .outputs import check_writable
+from ..io.outputs import check_writable, write_image
 
 __all__ = ["run_demo", "DEMO_MODEL"]
 
@@ -83,7 +83,7 @@ def run_demo(
             bgr = cv2.imread(str(f))
             res = seg.predict(bgr)
             drawn = res.draw(bgr)
-            cv2.imwrite(str(out / kind / f"{f.stem}.jpg"), drawn)
+            write_image(out / kind / f"{f.stem}.jpg", drawn)
             rows[kind].append(drawn)
             counts.append(len(res))
         instances[kind] = counts
@@ -95,7 +95,7 @@ def run_demo(
         "same_counts": instances["torch"] == instances["onnxruntime"],
         "max_score_diff": max(score_gaps) if score_gaps else 0.0,
     }
-    cv2.imwrite(str(out / "predictions.jpg"), _mosaic(list(rows.values()), ["PyTorch", "ONNX Runtime"]))
+    write_image(out / "predictions.jpg", _mosaic(list(rows.values()), ["PyTorch", "ONNX Runtime"]))
 
     _say(f"[demo] timing both backends ({iters} iterations each, interleaved)", quiet)
     runs = benchmark([torch_seg, ort_seg], str(files[0]), warmup=2, iters=iters, progress=False)

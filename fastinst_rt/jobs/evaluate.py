@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io.outputs import check_writable, write_atomic
 from ..runtime.segmenter import Segmenter
 from .coco_checks import check_coco_instances
-from .outputs import check_writable, write_atomic
 
 __all__ = ["evaluate_coco", "category_mapping", "STAT_NAMES"]
 

@@ -19,18 +19,19 @@ from typing import TYPE_CHECKING, Any
 import cv2
 
 from ..coco import COCO_CATEGORY_IDS, COCO_CLASSES
+from ..io.durable import OutputNames, ResultsFile, TextLog
+from ..io.outputs import shown, write_image
+from ..io.paths import Read, Write, check_paths
+from ..io.video_out import VideoWriter
 from ..runtime.segmenter import Segmenter
 from ..runtime.sources import Frame, Source, SourceLike, open_source
 from ..runtime.stream import Stage, StreamError, StreamStats, segment_stream
-from .durable import OutputNames, ResultsFile, TextLog, refuse_input_overlap
-from .outputs import check_writable
-from .video_out import VideoWriter
 
 if TYPE_CHECKING:
     from ..runtime.results import Results
     from ..tracking import ByteTracker
 
-__all__ = ["PredictSummary", "coco_category_ids", "predict_source"]
+__all__ = ["PredictSummary", "coco_category_ids", "predict_source", "output_paths", "saved_names"]
 
 
 @dataclass
@@ -72,9 +73,8 @@ class _Drawer:
         self.out_dir, self.tracker, self.trails = out_dir, tracker, trails
         self.names, self.written, self.video = OutputNames(), [], None
         if src.kind != "images":
-            stem = Path(src.name).stem if src.kind == "video" else src.kind
             fps = (src.fps or 25.0) / vid_stride  # the output plays at the source's speed
-            self.video = VideoWriter(out_dir / self.names(f"{stem}.mp4"), fps)
+            self.video = VideoWriter(out_dir / self.names(_video_name(src.kind, src.name)), fps)
             self.written.append(str(self.video.path))
 
     def __call__(self, frames: list[Frame], results: list[Results | None]) -> list[Results | None]:
@@ -87,14 +87,39 @@ class _Drawer:
                 self.video.write(drawn)
                 continue
             target = self.out_dir / self.names(frame.name)  # the input's own name and format: no a.jpg/a.png clash
-            if not cv2.imwrite(str(target), cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR)):
-                raise OSError(f"could not write {target}")
-            self.written.append(str(target))
+            self.written.append(str(write_image(target, cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))))
         return results
 
     def close(self) -> None:
         if self.video is not None:
             self.video.close()
+
+
+def _video_name(kind: str, name: str) -> str:
+    """The annotated video's file name for a source of ``kind`` ("video", "stream", "camera", "frames")."""
+    return f"{Path(name).stem if kind == 'video' else kind}.mp4"
+
+
+def saved_names(source: SourceLike) -> frozenset[str]:
+    """The file names ``--save`` may write for ``source``, known before it is opened: its images' own names, or one
+    video named after the source. (A list of files whose names repeat also gets ``a_1.jpg``: not known here.)"""
+    from ..runtime.sources import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+
+    if isinstance(source, (str, os.PathLike)) and os.path.isdir(source):
+        return frozenset(p.name for p in Path(source).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if isinstance(source, (str, os.PathLike)) and os.path.isfile(source):
+        path = Path(source)
+        return frozenset([_video_name("video", path.name) if path.suffix.lower() in VIDEO_SUFFIXES else path.name])
+    return frozenset(_video_name(kind, "") for kind in ("stream", "camera", "frames"))
+
+
+def output_paths(source: SourceLike, save_dir: str | os.PathLike | None, files: dict[str, str | os.PathLike | None]
+                 ) -> list[Write]:  # fmt: skip
+    """The outputs of a predict/track run as ``io.paths.Write`` entries: ``--save`` and the files in ``files``."""
+    writes = [Write(what, Path(p)) for what, p in files.items() if p]
+    if save_dir:
+        writes.insert(0, Write("--save", Path(save_dir), folder=True, names=saved_names(source)))
+    return writes
 
 
 def _tracking_stage(tracker: ByteTracker) -> Stage:
@@ -138,12 +163,11 @@ def predict_source(
     """
     from tqdm import tqdm
 
-    for output, what, folder in ((save_dir, "--save", True), (json_path, "--json", False), (mot_path, "--mot", False)):
-        if output:
-            check_writable(output, what, folder)  # before any frame is run
+    writes = output_paths(source, save_dir, {"--json": json_path, "--mot": mot_path})
+    check_paths([], writes)  # before the source is opened and any frame is run
     src = open_source(source, timeout=timeout)
     out_dir = Path(save_dir) if save_dir else None
-    refuse_input_overlap(src.files, out_dir, [Path(p) if p else None for p in (json_path, mot_path)])
+    check_paths([Read("the source", p, source=True) for p in src.files], writes)
     if mot_path and tracker is None:
         raise ValueError("MOT output needs tracking (fastinst-rt track)")
     summary, stats = PredictSummary(), StreamStats()
@@ -193,7 +217,7 @@ def _record(summary: PredictSummary, frame: Frame, res: Results | None, results_
     if res is None:
         summary.failed.append((frame.name, frame.error or "unreadable"))
         if not bar.disable:  # live feedback beside the bar; the summary lists every failure at the end anyway
-            bar.write(f"skipped {frame.name}: {frame.error}", file=sys.stderr)
+            bar.write(f"skipped {shown(frame.name)}: {frame.error}", file=sys.stderr)
         return
     summary.frames += 1
     summary.instances += len(res)

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ..jobs.outputs import check_writable, write_atomic
+from ..io.outputs import check_writable, write_atomic
 from ..jobs.predict import coco_category_ids
 from ..runtime.preprocess import ImageError
 from ..runtime.segmenter import Segmenter

@@ -27,7 +27,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..checkpoint import FORMAT_KEY, FORMAT_VERSION, ModelInfo, load_checkpoint, load_state_strict, save_checkpoint
-from ..jobs.outputs import check_writable
+from ..io.outputs import atomic_path, check_writable
 from ..modeling.fastinst import FastInst
 from ..zoo import MODELS, build_model
 from .criterion import SetCriterion
@@ -248,8 +248,8 @@ def train(config: TrainConfig) -> Path:
         if rank == 0:
             _log(bar, output, it, total, terms, max(scheduler.get_last_lr()))  # the head's LR
             if it % config.checkpoint_period == 0 or it == config.iters:
-                torch.save(_state(model, info, optimizer, scheduler, scaler, it, config), output / "last.pth.tmp")
-                os.replace(output / "last.pth.tmp", output / "last.pth")  # never a half-written last.pth
+                with atomic_path(output / "last.pth") as tmp:  # never a half-written last.pth
+                    torch.save(_state(model, info, optimizer, scheduler, scaler, it, config), tmp)
     if bar is not None:
         bar.close()
     final = output / "model_final.safetensors"

@@ -17,6 +17,8 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from ..io.outputs import write_image
+
 __all__ = ["SHAPES", "draw_shape", "make_synthetic_dataset"]
 
 #: The shape classes ``make_synthetic_dataset`` can draw (the default is the first four).
@@ -163,7 +165,7 @@ def make_synthetic_dataset(
     for i in range(num):
         rgb, instances = _render(rng, h, w, classes, max_instances, border_cut)
         name = f"{i:06d}.{image_format}"
-        cv2.imwrite(str(root / "images" / name), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        write_image(root / "images" / name, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
         images.append({"id": i + 1, "file_name": name, "height": h, "width": w})
         for label, mask in instances:
             ys, xs = np.nonzero(mask)

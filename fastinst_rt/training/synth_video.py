@@ -25,7 +25,8 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from ..jobs.video_out import VideoWriter
+from ..io.outputs import write_image
+from ..io.video_out import VideoWriter
 from .synth import _MIN_AREA, SHAPES, _background, draw_shape
 
 __all__ = ["make_synthetic_video", "make_video_frames_dataset"]
@@ -207,7 +208,7 @@ def make_video_frames_dataset(
                     if frame.index % every != 1 % every:
                         continue
                     name = f"{seed + v}_{frame.index:04d}.jpg"
-                    cv2.imwrite(str(root / "images" / name), cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR))
+                    write_image(root / "images" / name, cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR))
                     h, w = frame.image.shape[:2]
                     images.append({"id": len(images) + 1, "file_name": name, "height": h, "width": w})
                     for a in by_frame.get(frame.index, []):

@@ -1,4 +1,4 @@
-"""Outputs of long jobs that lose nothing: results on disk as frames complete, and outputs that never hit inputs."""
+"""Outputs of long jobs that lose nothing: results on disk as frames complete, under names that never clash."""
 
 from __future__ import annotations
 
@@ -10,24 +10,7 @@ from typing import IO, Any
 
 from .outputs import write_atomic
 
-__all__ = ["OutputNames", "ResultsFile", "TextLog", "refuse_input_overlap"]
-
-
-def refuse_input_overlap(inputs: Sequence[Path], save_dir: Path | None, files: Sequence[Path | None]) -> None:
-    """Raise ValueError if ``save_dir`` holds any input, or one of ``files`` is an input (it would be overwritten).
-
-    Reading and writing the same folder is refused outright, not only when names collide: annotated pictures next
-    to the originals are too easily taken for them (or globbed into the next run).
-    """
-    resolved = {p.resolve() for p in inputs}
-    if save_dir is not None:
-        folder = save_dir.resolve()
-        inside = next((p for p in resolved if p.parent == folder), None)
-        if inside is not None:
-            raise ValueError(f"--save {save_dir} holds the input {inside.name}: choose another folder")
-    for f in files:
-        if f is not None and f.resolve() in resolved:
-            raise ValueError(f"{f} is an input: it would be overwritten")
+__all__ = ["OutputNames", "ResultsFile", "TextLog"]
 
 
 class OutputNames:
