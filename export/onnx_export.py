@@ -314,7 +314,7 @@ def _quantize(
                                   SIZE_DIVISIBILITY, None if plan.dynamic else plan.size)  # fmt: skip
         inputs.append((torch.from_numpy(batch), torch.from_numpy(sizes)))
     regions = quantize.conv_regions(proto)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, quantize.quiet_repeats():
         ranges = quantize.calibrate(proto, files[:n], os.path.join(tmp, "ranges.json"), method, progress=plan.progress)
         return _quantize_within_tolerances(proto, wrapper, inputs, regions, files[:n], method, ranges, plan)
 
@@ -342,7 +342,9 @@ def _quantize_within_tolerances(
         graph, _, problems, kept = min(tries, key=lambda t: (len(t[2]), t[1].mean_score_diff))
     if problems:
         also = f"; also with {', '.join(kept)} left in float32" if kept else ""
-        raise RuntimeError("the int8 graph loses accuracy against FP32: " + "; ".join(problems) + also)
+        advice = (f"What to change: calibrate on more images like those the model will see ({len(files)} used: "
+                  "--calib DIR, --calib-images N), try --calib-method entropy, or export --fp16")  # fmt: skip
+        raise RuntimeError("the int8 graph loses accuracy against FP32: " + "; ".join(problems) + also + ". " + advice)
     if kept:
         _log(plan.progress, f"int8: {', '.join(kept)} left in float32 to pass the gate")
     lint = check_graph(graph, opset=plan.opset, fixed=not plan.dynamic)

@@ -25,11 +25,13 @@ Needs onnxruntime (the ``onnx`` extra); torch-free.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import re
 import sys
 import tempfile
 from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +62,35 @@ QUANTIZE_BIAS = False
 REDUCE_RANGE = True
 # quantize_static reads calibration files (calibration_cache_path) from onnxruntime 1.27 on.
 _MIN_ORT = (1, 27)
+
+
+class _OncePerMessage(logging.Filter):
+    """Passes each distinct message once: onnxruntime's quantizer repeats the same warning for every try."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message in self.seen:
+            return False
+        self.seen.add(message)
+        return True
+
+
+_ONCE = _OncePerMessage()  # one for the process: a warning shown by one export is not repeated by the next
+
+
+@contextmanager
+def quiet_repeats() -> Iterator[None]:
+    """Within the block, each message onnxruntime's quantization logs (through the root logger) appears once."""
+    root = logging.getLogger()
+    root.addFilter(_ONCE)
+    try:
+        yield
+    finally:
+        root.removeFilter(_ONCE)
 
 
 def _log(progress: bool, msg: str) -> None:
