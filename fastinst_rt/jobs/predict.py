@@ -21,7 +21,7 @@ import cv2
 from ..coco import COCO_CATEGORY_IDS, COCO_CLASSES
 from ..runtime.segmenter import Segmenter
 from ..runtime.sources import Frame, Source, SourceLike, open_source
-from ..runtime.stream import Stage, StreamError, StreamStats, segment_stream
+from ..runtime.stream import Stage, StreamError, StreamStats, check_stream_options, segment_stream
 from .durable import OutputNames, ResultsFile, TextLog, refuse_input_overlap
 from .outputs import check_writable
 from .video_out import VideoWriter
@@ -138,6 +138,7 @@ def predict_source(
     """
     from tqdm import tqdm
 
+    check_stream_options(batch, vid_stride)
     for output, what, folder in ((save_dir, "--save", True), (json_path, "--json", False), (mot_path, "--mot", False)):
         if output:
             check_writable(output, what, folder)  # before any frame is run
