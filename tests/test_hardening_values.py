@@ -1,4 +1,5 @@
-"""Every value a user gives is checked before work starts: numeric options (a stated range, never NaN or inf).
+"""Every value a user gives is checked before work starts: numeric options (a stated range, never NaN or inf), a
+tracking ground truth (read and parsed before the first frame).
 
 The option table is built by walking the real parser, so a new numeric option without a checked range fails here.
 """
@@ -7,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fastinst_rt import Segmenter
-from fastinst_rt.cli import build_parser
+from fastinst_rt.cli import build_parser, main
 from fastinst_rt.cli_parser import OPSETS, FloatRange, IntRange
 from fastinst_rt.jobs.predict import predict_source
 from fastinst_rt.runtime.sources import open_source
@@ -115,3 +118,65 @@ def test_the_library_checks_stride_batch_and_timeout_where_they_enter(tiny_check
         with pytest.raises(ValueError, match=r"^timeout must be"):
             predict_source(seg, [photo], out, timeout=bad, progress=False)
     assert not out.exists()
+
+
+# Ground truth for `track --gt`: read and checked before the first frame.
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    """A real 5-frame synthetic H.264 video (and its gt.txt), as `fastinst-rt synth --video --frames 5` writes."""
+    pytest.importorskip("av", reason="video decoding needs PyAV (the video extra)")
+    folder = tmp_path_factory.mktemp("gt-clip")
+    assert main(["synth", "--video", "--frames", "5", "--size", "64x80", "--seed", "3", "-o", str(folder)]) == 0
+    return folder / "video.mp4"
+
+
+FAST = ["-m", "fastinst-demo", "--backend", "torch", "--device", "cpu", "--min-size", "64", "--max-size", "80", "-q"]
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "no such MOTChallenge file: "),
+        ("", "the ground truth holds no boxes"),
+        ("\n\n", "the ground truth holds no boxes"),
+        ("1,1,10,10,5,5,1,1,1\n2,1,nan,10,5,5,1,1,1\n", "line 2 holds NaN or inf"),
+        ("1,1,10,10,inf,5,1,1,1\n", "line 1 holds NaN or inf"),
+        ("1,1,10,10,5\n", "line 1 is not MOTChallenge"),
+        ("1,1,ten,10,5,5,1,1,1\n", "line 1 is not MOTChallenge 'frame,id,x,y,w,h,...' (a field is not a number)"),
+        ("0,1,10,10,5,5,1,1,1\n", "line 1 needs a whole frame number >= 1"),
+        ("1,1,10,10,-5,5,1,1,1\n", "line 1 has a negative width or height"),
+    ],
+    ids=["missing", "empty", "blank", "nan", "inf", "short", "text", "frame0", "negative"],
+)
+def test_bad_ground_truth_is_refused_before_the_first_frame(clip, tmp_path, capsys, content, message) -> None:
+    gt = tmp_path / "gt.txt"
+    if content is not None:
+        gt.write_text(content)
+    mot, save = tmp_path / "pred.txt", tmp_path / "out"
+    argv = ["track", str(clip), "--mot", str(mot), "--gt", str(gt), "--save", str(save), *FAST]
+    cli_error(argv, capsys, str(gt), message)
+    assert not mot.exists() and not save.exists(), "no output may be written"
+
+    from fastinst_rt.jobs.track import track_source
+
+    read = []
+
+    def frames():  # a real source of frames that records how many were taken
+        for i in range(3):
+            read.append(i)
+            yield np.zeros((64, 80, 3), np.uint8)
+
+    seg = Segmenter("fastinst-demo", device="cpu", min_size=64, max_size=80)
+    with pytest.raises((ValueError, OSError), match=re.escape(message)):
+        track_source(seg, frames(), mot_path=mot, gt_path=gt, progress=False)
+    assert read == [] and not mot.exists(), "no frame may be read before the ground truth is checked"
+
+
+def test_ground_truth_is_never_the_mot_output(clip, tmp_path, capsys) -> None:
+    gt = tmp_path / "gt.txt"
+    gt.write_bytes((clip.parent / "gt.txt").read_bytes())
+    before = gt.read_bytes()
+    cli_error(["track", str(clip), "--mot", str(gt), "--gt", str(gt), *FAST], capsys, "would be overwritten")
+    assert gt.read_bytes() == before
