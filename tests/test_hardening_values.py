@@ -1,5 +1,5 @@
 """Every value a user gives is checked before work starts: numeric options (a stated range, never NaN or inf), a
-tracking ground truth (read and parsed before the first frame).
+tracking ground truth (read and parsed before the first frame) and checkpoint weights (finite, at load).
 
 The option table is built by walking the real parser, so a new numeric option without a checked range fails here.
 """
@@ -13,8 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
-from fastinst_rt import Segmenter
+from fastinst_rt import Segmenter, load_model
+from fastinst_rt.checkpoint import CheckpointError, first_non_finite, load_checkpoint
 from fastinst_rt.cli import build_parser, main
 from fastinst_rt.cli_parser import OPSETS, FloatRange, IntRange
 from fastinst_rt.jobs.predict import predict_source
@@ -180,3 +184,42 @@ def test_ground_truth_is_never_the_mot_output(clip, tmp_path, capsys) -> None:
     before = gt.read_bytes()
     cli_error(["track", str(clip), "--mot", str(gt), "--gt", str(gt), *FAST], capsys, "would be overwritten")
     assert gt.read_bytes() == before
+
+
+# Checkpoints whose weights are not finite are refused at load.
+
+
+def _nan_copy(path: Path, value: float = math.nan) -> tuple[Path, str]:
+    """The bundled model with one weight set to ``value``, our metadata kept; (file, the tensor's name)."""
+    with safe_open(str(BUNDLED), "pt") as f:
+        meta, state = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    name = "decoder.class_embed_layers.0.layers.2.weight"
+    state[name] = state[name].clone()
+    state[name][0, 0] = value
+    save_file(state, str(path), metadata=meta)
+    return path, name
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_non_finite_weights_are_refused_at_load(tmp_path: Path, photo, capsys, value) -> None:
+    bad, tensor = _nan_copy(tmp_path / "nan.safetensors", value)
+    expected = rf"nan\.safetensors: tensor {tensor} holds NaN or inf"
+    for load in (load_checkpoint, load_model, Segmenter):
+        with pytest.raises(CheckpointError, match=expected):
+            load(bad)
+    image = tmp_path / "photo.png"
+    from PIL import Image
+
+    Image.fromarray(photo).save(image)
+    out = tmp_path / "out"
+    cli_error(["predict", str(image), "-m", str(bad), "--save", str(out), "-q"], capsys, str(bad), tensor, "NaN or inf")
+    cli_error(["export", str(bad), "-o", str(tmp_path / "m.onnx")], capsys, str(bad), tensor)
+    assert not out.exists() and not (tmp_path / "m.onnx").exists()
+    assert load_checkpoint(BUNDLED)[1].name == "fastinst-demo"  # the original still loads
+
+
+def test_first_non_finite_on_tensors_and_arrays() -> None:
+    ok = [("a", torch.ones(3)), ("i", torch.arange(3)), ("b", np.zeros(2, np.float16)), ("m", np.ones(2, bool))]
+    assert first_non_finite(ok) is None
+    assert first_non_finite([*ok, ("x", np.array([1.0, np.inf], np.float32)), ("y", torch.tensor([np.nan]))]) == "x"
+    assert first_non_finite([("y", torch.tensor([1.0, np.nan], dtype=torch.bfloat16))]) == "y"
