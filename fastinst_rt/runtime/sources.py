@@ -31,7 +31,7 @@ from .preprocess import ImageError, ImageSource, load_image
 __all__ = ["IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "Frame", "Source", "SourceLike", "open_source"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".ts", ".m2ts", ".mts", ".mpg", ".mpeg")
 _LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "udp", "tcp", "srt", "http", "https")
 
 SourceLike = Union[str, int, os.PathLike, Sequence[Union[str, os.PathLike]], Iterable[ImageSource], "Source"]
