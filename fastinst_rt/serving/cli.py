@@ -37,11 +37,16 @@ def add_serve_parser(sub: argparse._SubParsersAction, add_model_options: Callabl
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    if args.half:
+        raise ValueError("serve takes --half through the artifact: serve an --fp16 export or engine")
+    if args.max_replicas is not None and args.max_replicas < args.replicas:
+        raise ValueError(f"--max-replicas {args.max_replicas} is below --replicas {args.replicas}")
+    _check_model(args)  # before Ray (and its import, seconds): a bad model fails at once, not after the replicas
+    if args.address is None:
+        _check_port(args.host, args.port)  # a local Ray's proxy would listen here
     from .app import ServeConfig
     from .server import serve_until_interrupted, start_server
 
-    if args.half:
-        raise ValueError("serve takes --half through the artifact: serve an --fp16 export or engine")
     config = ServeConfig(
         args.model, backend=args.backend, device=args.device, conf=args.conf, max_det=args.max_det,
         min_size=args.min_size, max_size=args.max_size, replicas=args.replicas, max_replicas=args.max_replicas,
@@ -53,6 +58,31 @@ def _cmd_serve(args: argparse.Namespace) -> int:
           "Ctrl-C stops", flush=True)  # fmt: skip
     serve_until_interrupted()
     return 0
+
+
+def _check_model(args: argparse.Namespace) -> None:
+    """Load the model once here and close it, as every replica will: a missing, corrupt or non-finite file, or a
+    bad test size, is refused before Ray starts. On the CPU (no CUDA context kept in this process), except an
+    engine, which only loads on its GPU."""
+    from ..runtime.backends import backend_for
+    from ..runtime.segmenter import Segmenter
+
+    device = args.device if (args.backend or backend_for(args.model)) == "tensorrt" else "cpu"
+    Segmenter(args.model, backend=args.backend, device=device, conf=args.conf, max_det=args.max_det,
+              min_size=args.min_size, max_size=args.max_size).close()  # fmt: skip
+
+
+def _check_port(host: str, port: int) -> None:
+    """OSError naming the port if this host cannot listen on ``host:port`` (taken, or not one of its addresses)."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the HTTP server will: TIME_WAIT is no obstacle
+            s.bind((host, port))
+    except OSError as e:
+        raise OSError(f"--port {port}: cannot listen on {host}:{port} ({e.strerror or e}); choose another port or "
+                      "--host") from None  # fmt: skip
 
 
 def add_ray_options(p: argparse.ArgumentParser) -> None:
