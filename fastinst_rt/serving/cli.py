@@ -130,7 +130,8 @@ def add_export_triton_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-batch", type=positive_int, default=8, help="max_batch_size of a dynamic-batch artifact "
                    "(>= 1, default 8)")  # fmt: skip
     p.add_argument("--instances", type=positive_int, default=1, help="model instances per device (>= 1, default 1)")
-    p.add_argument("--kind", choices=("gpu", "cpu"), default="gpu", help="instance_group kind (default gpu)")
+    p.add_argument("--kind", choices=("gpu", "cpu"), default="gpu", help="where Triton runs the instances: KIND_GPU "
+                   "or KIND_CPU (default gpu; an ONNX model runs on either, a TensorRT plan on GPUs only)")  # fmt: skip
     p.add_argument("--max-queue-delay-us", type=non_negative_int, default=2000, help="dynamic batcher wait in "
                    "microseconds (>= 0, default 2000)")  # fmt: skip
     p.set_defaults(func=_cmd_export_triton)
