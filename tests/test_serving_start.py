@@ -33,6 +33,9 @@ def test_a_missing_model_fails_before_ray_starts(tmp_path: Path, capsys) -> None
     start = time.monotonic()
     cli_error(["serve", str(tmp_path / "missing.onnx"), "--port", "8123"], capsys, "missing.onnx")
     assert time.monotonic() - start < 5 and not ray.is_initialized()
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"an engine without its sidecar")  # checked without a GPU: the file and its sidecar
+    cli_error(["serve", str(engine)], capsys, "model.engine has no model.engine.json beside it")
     empty = tmp_path / "model.safetensors"
     empty.write_bytes(b"")
     cli_error(["serve", str(empty), "--max-replicas", "1", "--replicas", "2"], capsys, "--max-replicas 1 is below")

@@ -61,14 +61,18 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _check_model(args: argparse.Namespace) -> None:
-    """Load the model once here and close it, as every replica will: a missing, corrupt or non-finite file, or a
-    bad test size, is refused before Ray starts. On the CPU (no CUDA context kept in this process), except an
-    engine, which only loads on its GPU."""
+    """Load the model once here, on the CPU, and close it, as every replica will load it: a missing, corrupt or
+    non-finite file, or a bad test size, is refused before Ray starts. An engine only loads on its GPU: its file
+    and sidecar are checked instead (no CUDA context is kept in this process)."""
     from ..runtime.backends import backend_for
     from ..runtime.segmenter import Segmenter
 
-    device = args.device if (args.backend or backend_for(args.model)) == "tensorrt" else "cpu"
-    Segmenter(args.model, backend=args.backend, device=device, conf=args.conf, max_det=args.max_det,
+    if (args.backend or backend_for(args.model)) == "tensorrt":
+        from ..artifact import read_sidecar
+
+        read_sidecar(args.model)
+        return
+    Segmenter(args.model, backend=args.backend, device="cpu", conf=args.conf, max_det=args.max_det,
               min_size=args.min_size, max_size=args.max_size).close()  # fmt: skip
 
 
