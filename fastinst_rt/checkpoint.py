@@ -20,9 +20,11 @@ import json
 import os
 import re
 import urllib.request
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .artifact import cache_dir
@@ -38,6 +40,7 @@ __all__ = [
     "config_from_official",
     "official_state_dict",
     "load_state_strict",
+    "first_non_finite",
     "resolve",
 ]
 
@@ -336,11 +339,27 @@ def _check_keys(expected: dict[str, tuple[int, ...]], got: dict[str, tuple[int, 
         raise CheckpointError(f"{path} does not match the FastInst architecture: " + "; ".join(problems))
 
 
+def first_non_finite(named: Iterable[tuple[str, torch.Tensor | np.ndarray]]) -> str | None:
+    """The name of the first floating-point tensor or array holding NaN or inf, or None: one ``isfinite`` pass each.
+
+    Checkpoint loading refuses such weights with it, and the exporter refuses such ONNX Runtime outputs."""
+    for name, value in named:
+        if isinstance(value, torch.Tensor):
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                return name
+        elif np.issubdtype(np.asarray(value).dtype, np.floating) and not np.isfinite(value).all():
+            return name
+    return None
+
+
 def load_state_strict(model: FastInst, state: dict[str, torch.Tensor], path: Path) -> None:
-    """Load ``state`` (our key names) into ``model``; any missing, unexpected or mis-shaped key is an error that
-    names it (``path`` is only used in the message)."""
+    """Load ``state`` (our key names) into ``model``; any missing, unexpected or mis-shaped key, or a tensor holding
+    NaN or inf, is an error that names it (``path`` is only used in the message)."""
     expected = model.state_dict()
     _check_keys(_shapes(expected), _shapes(state), path)
+    bad = first_non_finite(state.items())
+    if bad is not None:
+        raise CheckpointError(f"{path}: tensor {bad} holds NaN or inf (corrupt weights, or a diverged training run)")
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
 
 
@@ -370,8 +389,9 @@ def load_checkpoint(
 
     Everything read from the file is checked before the model is built: the metadata, the config's bounds
     (``FastInstConfig.check``), one class name per class, and every tensor shape against the config (a
-    ``.safetensors`` header gives the shapes without loading the tensors). Returns the model in eval mode on
-    ``device`` and its ``ModelInfo``; ``CheckpointError`` (a ValueError) names the file and the problem.
+    ``.safetensors`` header gives the shapes without loading the tensors); NaN or inf weights are refused at
+    load. Returns the model in eval mode on ``device`` and its ``ModelInfo``; ``CheckpointError`` (a ValueError)
+    names the file and the problem.
     """
     path = resolve(model)
     if path.suffix == ".safetensors":

@@ -139,9 +139,12 @@ def test_resize_target_is_bounded(tiny_checkpoints, tmp_path: Path, capsys) -> N
     image = tmp_path / "a.png"
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(image)
     argv = ["predict", str(image), "-m", ckpt, "--min-size", "100000", "--max-size", "100000", "-q"]
-    cli_error(argv, capsys, "bad test size 100000/100000: need 32 <= min_size <= max_size <= 2048 (MAX_TEST_SIZE)")
+    cli_error(argv, capsys, "argument --min-size: must be an integer 32..2048, got '100000'")  # by the parser
+    argv = ["predict", str(image), "-m", ckpt, "--min-size", "800", "--max-size", "400", "-q"]
+    cli_error(argv, capsys, "bad test size 800/400: need 32 <= min_size <= max_size <= 2048 (MAX_TEST_SIZE)")
     out = tmp_path / "never.onnx"
-    cli_error(["export", ckpt, "-o", str(out), "--max-size", "100000"], capsys, "bad test size 320/100000")
+    cli_error(["export", ckpt, "-o", str(out), "--max-size", "100000"], capsys, "argument --max-size: must be")
+    cli_error(["export", ckpt, "-o", str(out), "--max-size", "300"], capsys, "bad test size 320/300")
     cli_error(["export", ckpt, "-o", str(out), "--imgsz", "100000"], capsys, "two sides in 32..2048")
     assert not out.exists() and not list(tmp_path.glob("*.tmp"))
 
@@ -186,9 +189,9 @@ def test_other_user_errors_are_one_line(tiny_checkpoints, tmp_path: Path, capsys
     cli_error(["export", ckpt, "-o", str(tmp_path / "m.onnx"), "--imgsz", "big"], capsys, "--imgsz must be HxW or N")
     cli_error(["predict", str(corrupt), "-m", ckpt, "--device", "banana"], capsys, "unknown device 'banana'")
     cli_error(["predict", str(corrupt), "-m", str(tmp_path)], capsys, "is a folder, not a checkpoint file")
-    cli_error(["bench", ckpt, "--iters", "0"], capsys, "need batch >= 1, iters >= 1 and warmup >= 0")
+    cli_error(["bench", ckpt, "--iters", "0"], capsys, "argument --iters: must be an integer >= 1, got '0'")
     cli_error(["predict", str(corrupt)], capsys, "the following arguments are required: --model/-m")
-    cli_error(["predict", str(corrupt), "-m", ckpt, "--conf", "high"], capsys, "argument --conf: invalid float value")
+    cli_error(["predict", str(corrupt), "-m", ckpt, "--conf", "high"], capsys, "argument --conf: must be a number")
 
 
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:

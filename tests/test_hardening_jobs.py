@@ -132,7 +132,9 @@ def test_max_images_must_be_positive(seg, photo, tmp_path: Path, capsys) -> None
         with pytest.raises(ValueError, match=f"--max-images must be a positive number of images, got {bad}"):
             evaluate_coco(seg, ann, images, max_images=bad, progress=False)
         argv = ["eval", str(seg.backend.model_info.source), "--coco-json", str(ann), "--images", str(images)]
-        cli_error(argv + ["--max-images", str(bad)], capsys, f"got {bad}")
+        cli_error(
+            argv + ["--max-images", str(bad)], capsys, f"argument --max-images: must be an integer >= 1, got '{bad}'"
+        )
     assert evaluate_coco(seg, ann, images, max_images=1, progress=False)["images"] == 1
 
 

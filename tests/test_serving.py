@@ -29,7 +29,7 @@ from fastinst_rt import Results, Segmenter  # noqa: E402
 from fastinst_rt.cli import SAMPLE_PHOTO  # noqa: E402
 from fastinst_rt.runtime.backends import open_backend  # noqa: E402
 from fastinst_rt.serving import Client, ServerError  # noqa: E402
-from fastinst_rt.serving.app import ServeConfig  # noqa: E402
+from fastinst_rt.serving.app import ServeConfig, public_description  # noqa: E402
 from fastinst_rt.serving.server import start_server, stop_server  # noqa: E402
 from fastinst_rt.training.synth import make_synthetic_dataset  # noqa: E402
 
@@ -150,11 +150,23 @@ def test_health_model_and_segmenter_url(server: str, photo: np.ndarray) -> None:
     info = client.model_info()
     with open_backend(MODEL, device="cpu") as backend:
         described = backend.describe()
+    server_path = Path(described["source"])
+    assert server_path.is_absolute() and info["source"] == server_path.name == "fastinst-demo.safetensors"
+    text = json.dumps(info)
+    assert str(server_path.parent) not in text and '"/' not in text, "no path of the server's is shown"
+    described["source"] = server_path.name
     assert {k: info[k] for k in described} == json.loads(json.dumps(described))  # what `fastinst-rt info` says
     assert info["serving"]["max_batch"] == 4
     _same(client.predict(photo[:300], color="rgb"), Segmenter(MODEL, device="cpu").predict(photo[:300], color="rgb"))
     with pytest.raises(ValueError, match="chosen by the server"):
         Segmenter(server, backend="onnxruntime")
+
+
+def test_model_description_shows_file_names_only() -> None:
+    described = {"backend": "onnxruntime", "file": "/srv/models/r50.onnx", "source": "/data/ckpt/r50.pth",
+                 "onnx": "r50.onnx", "test_size": [576, 800]}  # fmt: skip
+    assert public_description(described) == {**described, "file": "r50.onnx", "source": "r50.pth"}
+    assert public_description({"source": ""}) == {"source": ""}
 
 
 def test_queue_limit_answers_503_not_timeouts(server: str, images: list[Path]) -> None:

@@ -54,6 +54,37 @@ def test_video_source_has_timestamps_and_count(clip: Path) -> None:
     assert src.stopped is None
 
 
+# Containers PyAV writes here, each with a codec it ships: MPEG-TS (H.264 and MPEG-2), M2TS (MPEG-TS muxer, H.264),
+# MPEG-PS (.mpg, MPEG-1) and WebM (VP8).
+@pytest.mark.parametrize(
+    "suffix, container, codec",
+    [(".ts", "mpegts", "h264"), (".ts", "mpegts", "mpeg2video"), (".m2ts", "mpegts", "h264"),
+     (".mpg", "mpeg", "mpeg1video"), (".webm", "webm", "libvpx")],
+)  # fmt: skip
+def test_more_video_containers_are_videos(seg: Segmenter, clip: Path, tmp_path: Path, suffix, container, codec) -> None:
+    import av
+
+    src = open_source(clip)
+    images = [f.image for f in src.frames()][:6]
+    src.close()
+    path = tmp_path / f"clip{suffix}"
+    with av.open(str(path), "w", format=container) as out:
+        stream = out.add_stream(codec, rate=25)
+        stream.width, stream.height, stream.pix_fmt = 160, 128, "yuv420p"
+        for image in images:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        out.mux(stream.encode())
+    src = open_source(path)
+    assert src.kind == "video" and not src.live
+    frames = list(src.frames())
+    src.close()
+    assert [f.index for f in frames] == list(range(6)) and frames[0].name == "clip_000000"
+    for frame, image in zip(frames, images):  # lossy codecs: the same pictures, roughly
+        assert np.abs(frame.image.astype(int) - image).mean() < 12
+    results = list(seg.stream(str(path)))
+    assert [r.frame.index for r in results] == list(range(6)) and results[0].orig_shape == (128, 160)
+
+
 @pytest.mark.parametrize("batch", [1, 3])
 def test_pipeline_equals_sequential(seg: Segmenter, clip: Path, batch: int) -> None:
     piped = list(seg.stream(str(clip), batch=batch))

@@ -85,6 +85,27 @@ def test_onnx_static_batch_repository_cannot_batch(exports, tmp_path: Path) -> N
     assert cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
 
 
+def test_export_triton_command_writes_the_instance_kind_asked(exports, tmp_path: Path, capsys) -> None:
+    repo, kinds = tmp_path / "repo", model_config_pb2.ModelInstanceGroup
+    base = ["export-triton", str(exports["dynamic"]), "--repo", str(repo)]
+    assert main([*base, "--name", "on-cpu", "--kind", "cpu", "--instances", "3"]) == 0
+    assert main([*base, "--name", "default"]) == 0
+    assert main([*base, "--name", "on-gpu", "--kind", "gpu"]) == 0
+    groups = {n: [(g.count, g.kind) for g in parse(repo / n / "config.pbtxt").instance_group] for n in sorted(
+        p.name for p in repo.iterdir())}  # fmt: skip
+    assert groups == {
+        "default": [(1, kinds.KIND_GPU)],
+        "on-cpu": [(3, kinds.KIND_CPU)],
+        "on-gpu": [(1, kinds.KIND_GPU)],
+    }
+    capsys.readouterr()
+    engine = _plan(exports["dynamic"], tmp_path, "10.4.0", dynamic_batch=True, max_batch=2)
+    assert main(["export-triton", str(engine), "--repo", str(tmp_path / "plans"), "--kind", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "GPUs only" in err[0] and not (tmp_path / "plans").exists()
+    assert main([*base, "--kind", "tpu"]) == 2 and "invalid choice: 'tpu'" in capsys.readouterr().err
+
+
 def _plan(onnx_path: Path, tmp_path: Path, tensorrt: str, dynamic_batch: bool, max_batch: int) -> Path:
     """A placeholder engine with the sidecar ``fastinst-rt build`` writes for ``onnx_path`` (meta = its metadata)."""
     import onnx

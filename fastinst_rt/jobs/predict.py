@@ -25,7 +25,7 @@ from ..io.paths import Read, Write, check_paths
 from ..io.video_out import VideoWriter
 from ..runtime.segmenter import Segmenter
 from ..runtime.sources import Frame, Source, SourceLike, open_source
-from ..runtime.stream import Stage, StreamError, StreamStats, segment_stream
+from ..runtime.stream import Stage, StreamError, StreamStats, check_stream_options, segment_stream
 
 if TYPE_CHECKING:
     from ..runtime.results import Results
@@ -163,6 +163,7 @@ def predict_source(
     """
     from tqdm import tqdm
 
+    check_stream_options(batch, vid_stride)
     writes = output_paths(source, save_dir, {"--json": json_path, "--mot": mot_path})
     check_paths([], writes)  # before the source is opened and any frame is run
     src = open_source(source, timeout=timeout)

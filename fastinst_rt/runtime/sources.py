@@ -15,6 +15,7 @@ then still arrive as ``av.VideoFrame`` and the rest of the pipeline is unchanged
 
 from __future__ import annotations
 
+import math
 import os
 import time
 import warnings
@@ -30,7 +31,7 @@ from .preprocess import ImageError, ImageSource, load_image
 __all__ = ["IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "Frame", "Source", "SourceLike", "open_source"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".ts", ".m2ts", ".mts", ".mpg", ".mpeg")
 _LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "udp", "tcp", "srt", "http", "https")
 
 SourceLike = Union[str, int, os.PathLike, Sequence[Union[str, os.PathLike]], Iterable[ImageSource], "Source"]
@@ -231,9 +232,12 @@ def open_source(source: SourceLike, *, timeout: float = 10.0, color: str = "bgr"
         timeout: seconds a camera or URL may take to open, and a stream to deliver the next packet.
         color: channel order of arrays in an iterable ("bgr" or "rgb").
     Raises:
-        FileNotFoundError: no such path. ValueError: an empty folder or an unreadable video file.
+        FileNotFoundError: no such path. ValueError: an empty folder, an unreadable video file, a ``timeout`` that
+            is not a positive finite number.
         ConnectionError: a camera or URL that cannot be opened within ``timeout``.
     """
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
+        raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
     if isinstance(source, Source):
         return source
     if isinstance(source, int) and not isinstance(source, bool) or isinstance(source, str) and source.isdigit():

@@ -32,7 +32,9 @@ if TYPE_CHECKING:
     from .results import Results
     from .segmenter import Segmenter
 
-__all__ = ["Stage", "StreamError", "StreamStats", "run_stages", "segment_stream", "segmenter_stages"]
+__all__ = [
+    "Stage", "StreamError", "StreamStats", "check_stream_options", "run_stages", "segment_stream", "segmenter_stages",
+]  # fmt: skip
 
 _JOIN_TIMEOUT = 60.0  # seconds; a stage that is inside one long backend call is waited for, never abandoned early
 _POLL = 0.05  # seconds between checks of the stop event in blocking waits
@@ -344,6 +346,13 @@ def segmenter_stages(seg: Segmenter, conf: float | None = None, skip_bad: bool =
     return [Stage("preprocess", preprocess), Stage("inference", inference), Stage("postprocess", postprocess)]
 
 
+def check_stream_options(batch: int, vid_stride: int) -> None:
+    """Refuse a ``batch`` or ``vid_stride`` below 1 (ValueError naming it), before a stream opens anything."""
+    for name, value in (("batch", batch), ("vid_stride", vid_stride)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
 def segment_stream(
     seg: Segmenter, source: SourceLike, *, batch: int = 1, vid_stride: int = 1, realtime: bool | None = None,
     pipeline: bool = True, queue_size: int = 4, timeout: float = 10.0, color: str = "bgr", conf: float | None = None,
@@ -355,8 +364,7 @@ def segment_stream(
     raising. ``extra_stages`` run after post-processing, in the pipeline (e.g. drawing and encoding), each taking
     and returning the list of results. ``stats`` is filled in with busy time per stage and frames dropped.
     """
-    if vid_stride < 1:
-        raise ValueError(f"vid_stride must be >= 1, got {vid_stride}")
+    check_stream_options(batch, vid_stride)
     src = open_source(source, timeout=timeout, color=color)
     realtime = src.live if realtime is None else realtime
     stages = segmenter_stages(seg, conf, skip_bad) + list(extra_stages)

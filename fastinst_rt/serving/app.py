@@ -6,8 +6,8 @@ Routes (all JSON):
   is ``wire.results_to_json``'s. 400 with a one-line ``{"error": ...}`` for an undecodable image or a bad
   parameter, 413 for a body over ``max_body_bytes``, 503 (Serve's own) when more than ``max_queued`` wait.
 * ``GET /v1/health``: ``{"status": "ok"}`` once the replica has loaded its model.
-* ``GET /v1/model``: what ``fastinst-rt info`` says (``Backend.describe()``), plus the class names and the serving
-  settings.
+* ``GET /v1/model``: what ``fastinst-rt info`` says (``Backend.describe()``, with file names instead of the server's
+  paths), plus the class names and the serving settings.
 
 Batching: ``@serve.batch`` collects up to ``max_batch`` requests for at most ``batch_wait_ms``; the network then
 runs once per group of images of one padded input size (and one ``conf``/``max_det``), so every response equals
@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,7 +31,7 @@ from ..runtime.preprocess import ImageError, resized_size
 from ..runtime.segmenter import Segmenter
 from .wire import MAX_BODY_BYTES, decode_image, results_to_json
 
-__all__ = ["ServeConfig", "SegmenterServer", "build_app"]
+__all__ = ["ServeConfig", "SegmenterServer", "build_app", "public_description"]
 
 #: The largest ``max_det`` a request may ask for (the official top-k is 100; more is almost surely a typo).
 MAX_DET_LIMIT = 1000
@@ -81,8 +82,9 @@ class SegmenterServer:
         self._views: dict[tuple[float, int], Segmenter] = {}
         self.segment_batch.set_max_batch_size(config.max_batch)
         self.segment_batch.set_batch_wait_timeout_s(config.batch_wait_ms / 1e3)
-        self.description = {**self.seg.backend.describe(), "class_names": list(self.seg.class_names),
-                            "serving": {k: v for k, v in asdict(config).items() if k != "model"}}  # fmt: skip
+        serving = {k: v for k, v in asdict(config).items() if k != "model"}
+        described = public_description(self.seg.backend.describe())
+        self.description = {**described, "class_names": list(self.seg.class_names), "serving": serving}
 
     async def __call__(self, request: Request) -> JSONResponse:
         # Under a route prefix (several applications on one proxy) the routes are relative to it.
@@ -166,6 +168,12 @@ class SegmenterServer:
             self._views[key] = Segmenter(s.backend, conf=conf, max_det=max_det, min_size=s.min_size,
                                          max_size=s.max_size)  # fmt: skip
         return self._views[key]
+
+
+def public_description(described: dict[str, Any]) -> dict[str, Any]:
+    """``Backend.describe()`` with its file paths (``file``, ``source``) cut to file names: a client learns which
+    model answers, not where the server keeps it."""
+    return {k: Path(v).name if k in ("file", "source") and isinstance(v, str) else v for k, v in described.items()}
 
 
 @dataclass

@@ -10,29 +10,43 @@ __all__ = ["add_serve_parser", "add_export_triton_parser", "add_ray_options", "c
 
 
 def add_serve_parser(sub: argparse._SubParsersAction, add_model_options: Callable) -> None:
+    from ..cli_parser import IntRange, fraction, non_negative_float, positive_int
+
+    port, max_det, max_queued = IntRange(1, 65535), IntRange(1, 1000), IntRange(-1)  # 1000: app.MAX_DET_LIMIT
     p = sub.add_parser("serve", help="serve a model over HTTP on Ray Serve (replicas, dynamic batching)")
     p.add_argument("model", help="checkpoint, artifact or zoo name (a path must exist on every node)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
-    p.add_argument("--replicas", type=int, default=1, help="replicas (the minimum with --max-replicas); one per GPU")
-    p.add_argument("--max-replicas", type=int, help="autoscale between --replicas and this many")
-    p.add_argument("--max-batch", type=int, default=8, help="largest dynamic batch (default 8)")
-    p.add_argument("--batch-wait-ms", type=float, default=10.0, help="longest wait to fill a batch (default 10)")
-    p.add_argument("--max-queued", type=int, default=64, help="waiting requests beyond which 503 (default 64)")
-    p.add_argument("--replica-cpus", type=float, default=1.0, help="logical CPUs per replica (default 1)")
-    p.add_argument("--conf", type=float, default=0.3, help="default minimum score (a request's conf overrides)")
-    p.add_argument("--max-det", type=int, default=100, help="default instances per image (max_det overrides)")
+    p.add_argument("--port", type=port, default=8000, help=f"HTTP port, {port.text} (default 8000)")
+    p.add_argument("--replicas", type=positive_int, default=1, help="replicas, >= 1 (the minimum with "
+                   "--max-replicas); one per GPU")  # fmt: skip
+    p.add_argument("--max-replicas", type=positive_int, help="autoscale between --replicas and this many (>= 1)")
+    p.add_argument("--max-batch", type=positive_int, default=8, help="largest dynamic batch (>= 1, default 8)")
+    p.add_argument("--batch-wait-ms", type=non_negative_float, default=10.0, help="longest wait to fill a batch "
+                   "(>= 0, default 10)")  # fmt: skip
+    p.add_argument("--max-queued", type=max_queued, default=64, help="waiting requests beyond which 503 "
+                   "(>= -1; -1: no limit; default 64)")  # fmt: skip
+    p.add_argument("--replica-cpus", type=non_negative_float, default=1.0, help="logical CPUs per replica "
+                   "(>= 0, default 1)")  # fmt: skip
+    p.add_argument("--conf", type=fraction, default=0.3, help="default minimum score, in [0, 1] (a request's conf "
+                   "overrides)")  # fmt: skip
+    p.add_argument("--max-det", type=max_det, default=100, help=f"default instances per image, {max_det.text} "
+                   "(max_det overrides)")  # fmt: skip
     p.add_argument("--address", help="a running Ray cluster (default: start a local one)")
     add_model_options(p)
     p.set_defaults(func=_cmd_serve)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    if args.half:
+        raise ValueError("serve takes --half through the artifact: serve an --fp16 export or engine")
+    if args.max_replicas is not None and args.max_replicas < args.replicas:
+        raise ValueError(f"--max-replicas {args.max_replicas} is below --replicas {args.replicas}")
+    _check_model(args)  # before Ray (and its import, seconds): a bad model fails at once, not after the replicas
+    if args.address is None:
+        _check_port(args.host, args.port)  # a local Ray's proxy would listen here
     from .app import ServeConfig
     from .server import serve_until_interrupted, start_server
 
-    if args.half:
-        raise ValueError("serve takes --half through the artifact: serve an --fp16 export or engine")
     config = ServeConfig(
         args.model, backend=args.backend, device=args.device, conf=args.conf, max_det=args.max_det,
         min_size=args.min_size, max_size=args.max_size, replicas=args.replicas, max_replicas=args.max_replicas,
@@ -46,12 +60,45 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_model(args: argparse.Namespace) -> None:
+    """Load the model once here, on the CPU, and close it, as every replica will load it: a missing, corrupt or
+    non-finite file, or a bad test size, is refused before Ray starts. An engine only loads on its GPU: its file
+    and sidecar are checked instead (no CUDA context is kept in this process)."""
+    from ..runtime.backends import backend_for
+    from ..runtime.segmenter import Segmenter
+
+    if (args.backend or backend_for(args.model)) == "tensorrt":
+        from ..artifact import read_sidecar
+
+        read_sidecar(args.model)
+        return
+    Segmenter(args.model, backend=args.backend, device="cpu", conf=args.conf, max_det=args.max_det,
+              min_size=args.min_size, max_size=args.max_size).close()  # fmt: skip
+
+
+def _check_port(host: str, port: int) -> None:
+    """OSError naming the port if this host cannot listen on ``host:port`` (taken, or not one of its addresses)."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the HTTP server will: TIME_WAIT is no obstacle
+            s.bind((host, port))
+    except OSError as e:
+        raise OSError(f"--port {port}: cannot listen on {host}:{port} ({e.strerror or e}); choose another port or "
+                      "--host") from None  # fmt: skip
+
+
 def add_ray_options(p: argparse.ArgumentParser) -> None:
     """``predict``'s options for the Ray Data path."""
+    from ..cli_parser import positive_int
+
     p.add_argument("--ray", action="store_true", help="run on Ray Data: an actor pool, sharded durable results")
     p.add_argument("--address", help="with --ray: a running Ray cluster (default: start a local one)")
-    p.add_argument("--workers", type=int, help="with --ray: Segmenter actors (default one per GPU, else CPUs - 1)")
-    p.add_argument("--shard-size", type=int, default=64, help="with --ray: images per result shard (default 64)")
+    p.add_argument("--workers", type=positive_int, help="with --ray: Segmenter actors, >= 1 (default one per GPU, "
+                   "else CPUs - 1)")  # fmt: skip
+    p.add_argument("--shard-size", type=positive_int, default=64, help="with --ray: images per result shard "
+                   "(>= 1, default 64)")  # fmt: skip
 
 
 def cmd_predict_ray(args: argparse.Namespace) -> int:
@@ -78,14 +125,19 @@ def cmd_predict_ray(args: argparse.Namespace) -> int:
 
 
 def add_export_triton_parser(sub: argparse._SubParsersAction) -> None:
+    from ..cli_parser import non_negative_int, positive_int
+
     p = sub.add_parser("export-triton", help="write a Triton Inference Server model repository for an artifact")
     p.add_argument("artifact", help="an .onnx export or an .engine/.plan with its sidecar")
     p.add_argument("--repo", required=True, help="model repository folder (DIR/<name>/1/model.onnx|plan)")
     p.add_argument("--name", help="model name in the repository (default: the artifact's file stem)")
-    p.add_argument("--max-batch", type=int, default=8, help="max_batch_size of a dynamic-batch artifact (default 8)")
-    p.add_argument("--instances", type=int, default=1, help="model instances per GPU (default 1)")
-    p.add_argument("--kind", choices=("gpu", "cpu"), default="gpu", help="instance_group kind (default gpu)")
-    p.add_argument("--max-queue-delay-us", type=int, default=2000, help="dynamic batcher wait (default 2000)")
+    p.add_argument("--max-batch", type=positive_int, default=8, help="max_batch_size of a dynamic-batch artifact "
+                   "(>= 1, default 8)")  # fmt: skip
+    p.add_argument("--instances", type=positive_int, default=1, help="model instances per device (>= 1, default 1)")
+    p.add_argument("--kind", choices=("gpu", "cpu"), default="gpu", help="where Triton runs the instances: KIND_GPU "
+                   "or KIND_CPU (default gpu; an ONNX model runs on either, a TensorRT plan on GPUs only)")  # fmt: skip
+    p.add_argument("--max-queue-delay-us", type=non_negative_int, default=2000, help="dynamic batcher wait in "
+                   "microseconds (>= 0, default 2000)")  # fmt: skip
     p.set_defaults(func=_cmd_export_triton)
 
 
