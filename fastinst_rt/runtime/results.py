@@ -211,12 +211,10 @@ class Results:
             col = rgb[::-1] if color == "bgr" else rgb
             # Work inside the box only, on the mask's crop (``boxes`` may differ from the masks' boxes, e.g. a
             # tracker's body boxes: then the mask inside ``boxes``, as drawn before).
-            m = self.crop_masks.region(i, (x1, y1, x2, y2))
+            m = self.crop_masks.region(i, (x1, y1, x2, y2)).view(np.uint8)  # bool is 0/1 bytes: no copy
             region = out[y1:y2, x1:x2]
-            np.copyto(region, cv2.LUT(region, _blend_table(col, alpha)), where=m[:, :, None])
-            contours, _ = cv2.findContours(
-                m.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE, offset=(x1, y1)
-            )
+            cv2.copyTo(cv2.LUT(region, _blend_table(col, alpha)), m, region)  # the blend where the mask is set
+            contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE, offset=(x1, y1))
             cv2.drawContours(out, contours, -1, col, thick, cv2.LINE_AA)
             if show_labels:
                 cv2.rectangle(out, (x1, y1), (x2 - 1, y2 - 1), col, thick)
