@@ -129,8 +129,8 @@ def peak_rss(npz: Path, path: str) -> float:
         f"p = dict(np.load({str(npz)!r}))\n"
         "def hwm():\n"
         "    return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM'))\n"
-        f"b.crop_path(p); before = hwm(); b.{path}_path(p); print(json.dumps((hwm() - before) / 1024))\n"
-    )  # the crop path once first: imports and caches are loaded before the baseline, for both paths alike
+        f"before = hwm(); b.{path}_path(p); print(json.dumps((hwm() - before) / 1024))\n"
+    )  # both children import the same modules and load the same inputs before the baseline
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     return float(out.stdout.strip().splitlines()[-1])
 
