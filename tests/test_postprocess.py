@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fastinst_rt.runtime.masks import CropMasks
 from fastinst_rt.runtime.postprocess import boxes_from_masks, instances_from_outputs, upsample_mask_logits
 
 
@@ -71,10 +72,12 @@ CASES = [
 def test_fast_path_matches_official_order(case):
     q, k, low_hw, padded, resized, orig, max_det = case
     logits, low = _random_outputs(0, q, k, low_hw, empty_query=3)
-    scores, labels, masks = instances_from_outputs(logits, low, resized, padded, orig, max_det=max_det)
+    scores, labels, crops = instances_from_outputs(logits, low, resized, padded, orig, max_det=max_det)
     r_scores, r_labels, r_masks, r_queries = official_reference(logits, low, resized, padded, orig, topk=max_det)
     n = min(max_det, q * k)
-    assert scores.shape == (n,) and labels.shape == (n,) and masks.shape == (n, *orig)
+    assert isinstance(crops, CropMasks)
+    masks = crops.dense()
+    assert scores.shape == (n,) and labels.shape == (n,) and masks.shape == crops.shape == (n, *orig)
     assert scores.dtype == np.float32 and labels.dtype == np.int64 and masks.dtype == bool
     assert len(np.unique(r_queries)) < n, "the case must keep some query with several classes"
     np.testing.assert_allclose(scores, r_scores, rtol=0, atol=1e-6)
@@ -88,6 +91,7 @@ def test_conf_filters_like_official():
     logits, low = _random_outputs(1, 30, 8, (8, 12))
     args = ((60, 90), (64, 96), (70, 105))
     scores, labels, masks = instances_from_outputs(logits, low, *args, conf=0.3, max_det=50)
+    masks = masks.dense()
     r_scores, r_labels, r_masks, _ = official_reference(logits, low, *args, topk=50)
     keep = r_scores >= 0.3
     assert 0 < keep.sum() < 50
@@ -103,6 +107,7 @@ def test_many_unique_queries():
     logits, low = _random_outputs(2, 300, 2, (4, 6))
     args = ((30, 48), (32, 48), (25, 40))
     scores, labels, masks = instances_from_outputs(logits, low, *args, max_det=600)
+    masks = masks.dense()
     r_scores, r_labels, r_masks, r_queries = official_reference(logits, low, *args, topk=600)
     assert len(np.unique(r_queries)) == 300
     np.testing.assert_allclose(scores, r_scores, atol=1e-6)
@@ -121,7 +126,7 @@ def test_conf_results_are_a_subset_of_all_results():
         assert 0 < len(c_scores) == n < 100
         np.testing.assert_array_equal(c_scores, scores[:n])
         np.testing.assert_array_equal(c_labels, labels[:n])
-        np.testing.assert_array_equal(c_masks, masks[:n])
+        np.testing.assert_array_equal(c_masks.dense(), masks[:n].dense())
 
 
 def test_matches_torch_official_pipeline():
@@ -129,6 +134,7 @@ def test_matches_torch_official_pipeline():
     logits, low = _random_outputs(3, 100, 80, (20, 28))
     padded, resized, orig = (160, 224), (160, 213), (120, 160)
     scores, labels, masks = instances_from_outputs(logits, low, resized, padded, orig)
+    masks = masks.dense()
 
     t_masks = F.interpolate(torch.from_numpy(low)[None], size=padded, mode="bilinear", align_corners=False)
     t_masks = F.interpolate(t_masks[:, :, : resized[0], : resized[1]], size=orig, mode="bilinear", align_corners=False)
@@ -236,7 +242,8 @@ def test_bad_inputs_raise():
 def test_runtime_modules_do_not_import_torch():
     code = (
         "import sys; import fastinst_rt.runtime.preprocess, fastinst_rt.runtime.postprocess, "
-        "fastinst_rt.runtime.results; assert 'torch' not in sys.modules, 'torch was imported'"
+        "fastinst_rt.runtime.results, fastinst_rt.runtime.masks, fastinst_rt.runtime.upsample; "
+        "assert 'torch' not in sys.modules, 'torch was imported'"
     )
     repo = Path(__file__).resolve().parents[1]
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repo)

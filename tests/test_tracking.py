@@ -49,7 +49,8 @@ def test_detections_are_deduplicated_and_boxed_around_their_body() -> None:
     res = Results(masks, np.array([0.9, 0.6, 0.8], np.float32), np.array([0, 1, 2]), ["a", "b", "c"])
     assert suppress_duplicates(res, 0.7).tolist() == [0, 2]
     assert res.boxes[0].tolist() == [10, 10, 76, 56]
-    assert body_box(res.masks[0], res.boxes[0], 0.2).tolist() == [10, 10, 30, 30]
+    crop, box = res.crop_masks.crop(0)
+    assert body_box(crop, np.array(box), 0.2).tolist() == [10, 10, 30, 30]
 
 
 @pytest.fixture(scope="module")

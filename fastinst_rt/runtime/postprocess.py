@@ -4,7 +4,9 @@ The official ``FastInst.instance_inference`` (``fastinst/fastinst.py``) upsample
 padded input size, crops them to the resized image, resizes them to the original image, and only then takes the
 top-k query x class pairs. Here the pairs are chosen first (class probability is an upper bound of the final score,
 because the mask score is at most 1) and only the masks of the kept queries are upsampled, each query once however
-many classes it was kept with. Scores, labels and masks are those of the official code up to float rounding.
+many classes it was kept with, and each only in the window of the image its positive pixels can reach: masks are
+returned as ``masks.CropMasks`` (box + crop), which cost what an instance covers. Scores, labels and masks are
+those of the official code up to float rounding.
 
 No torch: the ONNX Runtime and TensorRT backends use this module as is.
 """
@@ -13,6 +15,9 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+
+from .masks import CropMasks
+from .upsample import positive_window, windowable
 
 __all__ = [
     "boxes_from_masks",
@@ -76,7 +81,7 @@ def instances_from_pairs(
     orig_size: tuple[int, int],
     *,
     conf: float = 0.0,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, CropMasks]:
     """Turn one image's selected pairs into scored instances, as the official ``instance_inference`` does.
 
     Args:
@@ -90,11 +95,14 @@ def instances_from_pairs(
 
     Returns:
         ``(scores, labels, masks)``: scores (N',) float32 sorted descending (ties keep the pair order), labels (N',)
-        int64 in 0..K-1, masks (N', H, W) bool. N' = N when ``conf`` is 0.0, fewer otherwise.
+        int64 in 0..K-1, masks a ``CropMasks`` of N' instances of the (H, W) image (each mask's tight box and the
+        bool pixels in it; ``masks.dense()`` is the (N', H, W) bool array). N' = N when ``conf`` is 0.0, fewer
+        otherwise.
 
     The score of a pair is its class probability * mask score, where the mask score is the mean sigmoid of the
     mask logits over the pixels whose logit is > 0 (0 for an empty mask), measured at the original size. Each
-    query's mask is upsampled once, however many classes it was kept with.
+    query's mask is upsampled once, however many classes it was kept with, and only inside the window that can
+    hold a logit > 0 (``upsample.positive_window``): the same masks and scores as upsampling the whole image.
     """
     probs = np.asarray(scores, dtype=np.float32).reshape(-1)
     labels = np.asarray(labels).reshape(-1).astype(np.int64)
@@ -110,7 +118,7 @@ def instances_from_pairs(
         raise ValueError(f"bad sizes: resized {resized_size}, padded {padded_size}, orig {orig_size}")
     keep = np.flatnonzero(probs >= conf)  # mask score <= 1: below conf on class probability alone, never kept
     if keep.size == 0:
-        return np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros((0, H, W), bool)
+        return np.zeros(0, np.float32), np.zeros(0, np.int64), CropMasks.empty((H, W))
     probs, labels, query, low = probs[keep], labels[keep], query[keep], low[keep]
     _, first, inverse = np.unique(query, return_index=True, return_inverse=True)
     masks_u, mask_scores = _masks_and_scores(low[first], resized_size, padded_size, orig_size)
@@ -126,7 +134,7 @@ def instances_from_outputs(
     *,
     conf: float = 0.0,
     max_det: int = 100,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, CropMasks]:
     """One image's raw head outputs -> instances: ``select_pairs`` then ``instances_from_pairs``.
 
     Args:
@@ -150,24 +158,49 @@ def instances_from_outputs(
 
 def _masks_and_scores(
     low: np.ndarray, resized_size: tuple[int, int], padded_size: tuple[int, int], orig_size: tuple[int, int]
-) -> tuple[np.ndarray, np.ndarray]:
-    """(n, h, w) mask logits -> binary masks (n, H, W) at the original size and mask scores (n,) float32."""
-    H, W = orig_size
-    masks_u = np.empty((low.shape[0], H, W), dtype=bool)
-    mask_scores = np.empty(low.shape[0], dtype=np.float32)
-    for j in range(low.shape[0]):
-        logit = upsample_mask_logits(low[j : j + 1], resized_size, padded_size, orig_size)[0]
-        np.greater(logit, 0, out=masks_u[j])  # == sigmoid > 0.5, strict as in the official code
-        # Only positive pixels count (the official sum multiplies by the binary mask), usually a few percent of the
-        # image: take the sigmoid of those alone. float64 sums avoid float32 drift over ~1e5 terms.
-        positive = logit[masks_u[j]].astype(np.float64)
-        mask_scores[j] = (1.0 / (1.0 + np.exp(-positive))).sum() / (positive.size + 1e-6)
-    return masks_u, mask_scores
+) -> tuple[CropMasks, np.ndarray]:
+    """(n, h, w) mask logits -> the binary masks at the original size as ``CropMasks`` (n), mask scores (n,) float32.
+
+    Only the window of each map that can hold a logit > 0 is upsampled (``upsample.positive_window``), with the
+    values of the whole-image path there; the whole map (``upsample_mask_logits``) where that cannot be guaranteed
+    or the window is most of the image.
+    """
+    n = low.shape[0]
+    crops, boxes, mask_scores = [], np.zeros((n, 4), np.int64), np.empty(n, dtype=np.float32)
+    fast = windowable(low.shape[1:], resized_size)
+    for j in range(n):
+        found = positive_window(low[j], resized_size, padded_size, orig_size) if fast else None
+        if found is None:  # the whole map, as before (the window is too large, or cv2's values not guaranteed)
+            found = (
+                (0, 0, orig_size[1], orig_size[0]),
+                upsample_mask_logits(low[j : j + 1], resized_size, padded_size, orig_size)[0],
+            )
+        crop, boxes[j], mask_scores[j] = _crop_and_score(*found)
+        crops.append(crop)
+    return CropMasks(crops, boxes, orig_size), mask_scores
+
+
+def _crop_and_score(window: tuple[int, int, int, int], logit: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Upsampled logits (h, w) at ``window`` (x1, y1, x2, y2) -> tight bool crop, its box (4,) int64 in the image,
+    and the mask score: the mean sigmoid over the pixels > 0, as the official code (0 for an empty mask)."""
+    binary = logit > 0  # == sigmoid > 0.5, strict as in the official code
+    rows, cols = np.flatnonzero(binary.any(axis=1)), np.flatnonzero(binary.any(axis=0))
+    if rows.size == 0:
+        return np.zeros((0, 0), bool), np.zeros(4, np.int64), 0.0
+    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    crop = binary[r0:r1, c0:c1].copy()
+    # Only positive pixels count (the official sum multiplies by the binary mask); they are those of the crop, in
+    # the same (row-major) order as in the whole image, so the float64 sum is the same. float64 avoids float32
+    # drift over ~1e5 terms.
+    positive = logit[r0:r1, c0:c1][crop].astype(np.float64)
+    score = float((1.0 / (1.0 + np.exp(-positive))).sum() / (positive.size + 1e-6))
+    box = np.array([window[0] + c0, window[1] + r0, window[0] + c1, window[1] + r1], np.int64)
+    return crop, box, score
 
 
 def _rank(
-    probs: np.ndarray, labels: np.ndarray, masks: np.ndarray, mask_scores: np.ndarray, inverse: np.ndarray, conf: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    probs: np.ndarray, labels: np.ndarray, masks: CropMasks, mask_scores: np.ndarray, inverse: np.ndarray, conf: float
+) -> tuple[np.ndarray, np.ndarray, CropMasks]:
     # Final score = class probability x mask score; keep >= conf; stable sort, so ties keep the pair order.
     scores = probs * mask_scores[inverse]
     keep = np.flatnonzero(scores >= conf)

@@ -11,9 +11,8 @@ from typing import TYPE_CHECKING, Any, Union
 
 import cv2
 import numpy as np
-from pycocotools import mask as mask_utils
 
-from .postprocess import boxes_from_masks
+from .masks import CropMasks
 
 if TYPE_CHECKING:
     from .sources import Frame
@@ -27,10 +26,13 @@ class Results:
     """The instances found in one image.
 
     Attributes:
-        masks: (N, H, W) bool, at the original image size.
+        masks: (N, H, W) bool, at the original image size: built from ``crop_masks`` on first access and kept.
+        crop_masks: the same masks as a ``CropMasks`` (each mask's tight box and the bool pixels inside it), what
+            the results hold: indexing, ``filter``, pickling, ``to_coco``, ``draw``, ``areas`` and the tracker use it
+            and never build the whole-image masks.
         scores: (N,) float32, class probability x mask score.
         labels: (N,) int64, indices into ``class_names``.
-        boxes: (N, 4) float32 xyxy pixel-edge boxes (x2, y2 exclusive), from the masks unless given.
+        boxes: (N, 4) float32 xyxy pixel-edge boxes (x2, y2 exclusive), the masks' tight boxes unless given.
         class_names: the model's class names, indexed by label.
         orig_shape: (H, W) of the image.
         track_ids: (N,) int64 persistent instance ids from a tracker (``Segmenter.track``), else None.
@@ -40,7 +42,7 @@ class Results:
 
     def __init__(
         self,
-        masks: np.ndarray,
+        masks: np.ndarray | CropMasks,
         scores: np.ndarray,
         labels: np.ndarray,
         class_names: Sequence[str],
@@ -48,10 +50,12 @@ class Results:
         speed: dict[str, float] | None = None,
         track_ids: np.ndarray | None = None,
     ) -> None:
-        masks, scores, labels = np.asarray(masks), np.asarray(scores), np.asarray(labels)
-        if masks.ndim != 3 or masks.dtype != bool:
-            raise ValueError(f"masks must be (N, H, W) bool, got {masks.dtype} {masks.shape}")
-        n = masks.shape[0]
+        dense = None
+        if not isinstance(masks, CropMasks):
+            dense = np.asarray(masks)
+            masks = CropMasks.from_dense(dense)  # refuses anything but (N, H, W) bool
+        scores, labels = np.asarray(scores), np.asarray(labels)
+        n = len(masks)
         if scores.shape != (n,) or not np.issubdtype(scores.dtype, np.floating):
             raise ValueError(f"scores must be ({n},) float to match masks, got {scores.dtype} {scores.shape}")
         if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
@@ -59,16 +63,15 @@ class Results:
         self.class_names = list(class_names)
         if n and (labels.min() < 0 or labels.max() >= len(self.class_names)):
             raise ValueError(f"labels must be in 0..{len(self.class_names) - 1}, got {labels.min()}..{labels.max()}")
-        if boxes is None:
-            boxes = boxes_from_masks(masks)
-        boxes = np.asarray(boxes)
+        boxes = np.asarray(masks.boxes if boxes is None else boxes)
         if boxes.shape != (n, 4) or not np.issubdtype(boxes.dtype, np.number):
             raise ValueError(f"boxes must be ({n}, 4) xyxy, got {boxes.dtype} {boxes.shape}")
-        self.masks = masks
+        self.crop_masks = masks
+        self._dense = dense  # the caller's array, if given: no second copy on ``masks``
         self.scores = scores.astype(np.float32, copy=False)
         self.labels = labels.astype(np.int64, copy=False)
         self.boxes = boxes.astype(np.float32, copy=False)
-        self.orig_shape: tuple[int, int] = (int(masks.shape[1]), int(masks.shape[2]))
+        self.orig_shape: tuple[int, int] = masks.image_shape
         self.speed: dict[str, float] = dict(speed or {})
         if track_ids is not None:
             track_ids = np.asarray(track_ids)
@@ -80,6 +83,22 @@ class Results:
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
+
+    @property
+    def masks(self) -> np.ndarray:
+        """(N, H, W) bool whole-image masks, built from ``crop_masks`` on first access (N * H * W bytes) and kept."""
+        if self._dense is None:
+            self._dense = self.crop_masks.dense()
+        return self._dense
+
+    @property
+    def areas(self) -> np.ndarray:
+        """(N,) int64 pixels of each mask."""
+        return self.crop_masks.areas()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickle the crops only: the dense masks are a cache, rebuilt on demand.
+        return {**self.__dict__, "_dense": None}
 
     def __getitem__(self, index: Index) -> Results:
         """A new Results with the selected instances; an int index keeps a length-1 Results."""
@@ -95,8 +114,8 @@ class Results:
             if index.dtype != bool and not np.issubdtype(index.dtype, np.integer):
                 raise IndexError(f"index must be int, slice, int array or bool array, got {index.dtype}")
         ids = None if self.track_ids is None else self.track_ids[index]
-        out = Results(self.masks[index], self.scores[index], self.labels[index], self.class_names, self.boxes[index],
-                      self.speed, ids)  # fmt: skip
+        out = Results(self.crop_masks[index], self.scores[index], self.labels[index], self.class_names,
+                      self.boxes[index], self.speed, ids)  # fmt: skip
         out.frame = self.frame
         return out
 
@@ -124,8 +143,7 @@ class Results:
             raise ValueError(f"{len(category_ids)} category_ids for {len(self.class_names)} classes")
         if len(self) == 0:
             return []
-        # pycocotools wants (H, W, N) uint8 in Fortran order.
-        rles = mask_utils.encode(np.asfortranarray(self.masks.transpose(1, 2, 0).astype(np.uint8)))
+        rles = self.crop_masks.to_rle()  # byte-identical to pycocotools' encode of the dense masks
         out = []
         for rle, score, label, (x1, y1, x2, y2) in zip(rles, self.scores.tolist(), self.labels.tolist(), self.boxes):
             out.append(
@@ -191,13 +209,12 @@ class Results:
             ids = self.track_ids
             rgb = _class_color(int(ids[i]) if ids is not None else int(self.labels[i]))
             col = rgb[::-1] if color == "bgr" else rgb
-            # Work inside the box only: the masks are sparse and whole-image boolean indexing is N x H x W.
-            m = self.masks[i, y1:y2, x1:x2]
+            # Work inside the box only, on the mask's crop (``boxes`` may differ from the masks' boxes, e.g. a
+            # tracker's body boxes: then the mask inside ``boxes``, as drawn before).
+            m = self.crop_masks.region(i, (x1, y1, x2, y2)).view(np.uint8)  # bool is 0/1 bytes: no copy
             region = out[y1:y2, x1:x2]
-            region[m] = (region[m] * (1.0 - alpha) + np.array(col) * alpha + 0.5).astype(np.uint8)
-            contours, _ = cv2.findContours(
-                m.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE, offset=(x1, y1)
-            )
+            cv2.copyTo(cv2.LUT(region, _blend_table(col, alpha)), m, region)  # the blend where the mask is set
+            contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE, offset=(x1, y1))
             cv2.drawContours(out, contours, -1, col, thick, cv2.LINE_AA)
             if show_labels:
                 cv2.rectangle(out, (x1, y1), (x2 - 1, y2 - 1), col, thick)
@@ -210,6 +227,16 @@ class Results:
                 pts = np.round(np.asarray(points)).astype(np.int32).reshape(-1, 1, 2)
                 cv2.polylines(out, [pts], False, rgb[::-1] if color == "bgr" else rgb, thick, cv2.LINE_AA)
         return out
+
+
+def _blend_table(col: tuple[int, int, int], alpha: float) -> np.ndarray:
+    """(256, 1, 3) uint8: ``v * (1 - alpha) + col * alpha`` rounded, per channel, for every value v of a pixel.
+
+    The same float64 expression as blending the pixels one by one, evaluated on the 256 possible values once, so a
+    mask costs a table lookup per pixel (``cv2.LUT``) instead of float arithmetic on fancy-indexed copies.
+    """
+    v = np.arange(256, dtype=np.uint8)[:, None]
+    return (v * (1.0 - alpha) + np.array(col) * alpha + 0.5).astype(np.uint8)[:, None, :]
 
 
 def _class_color(label: int) -> tuple[int, int, int]:

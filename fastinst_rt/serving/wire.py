@@ -7,8 +7,11 @@ A response body is JSON::
                     "mask": {"size": [H, W], "counts": str}}, ...],
      "timing_ms": {"decode": ..., "queue": ..., "preprocess": ..., "inference": ..., "postprocess": ...}}
 
-``mask`` is COCO compressed RLE (pycocotools), so masks are exact after decoding; boxes are xyxy pixel edges as
-``Results.boxes``. No Ray here: the client needs only numpy, pycocotools and the standard library.
+``mask`` is COCO compressed RLE of the whole image (pycocotools' format, so any COCO tool reads it), written from
+the mask crops (``CropMasks.to_rle``, byte-identical to pycocotools' encoding of the dense mask) and read back into
+crops (``CropMasks.from_rle``): neither side builds whole-image masks, and masks are exact after decoding. The
+format is the one it always was (it has no version field). Boxes are xyxy pixel edges as ``Results.boxes``. No Ray
+here: the client needs only numpy, pycocotools and the standard library.
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from pycocotools import mask as mask_utils
 
+from ..runtime.masks import CropMasks
 from ..runtime.preprocess import MAX_SIDE, ImageError, load_image
 from ..runtime.results import Results
 
@@ -56,8 +59,7 @@ def results_to_json(res: Results, timing_ms: dict[str, float] | None = None) -> 
     h, w = res.orig_shape
     instances = []
     if len(res):
-        # pycocotools wants (H, W, N) uint8 in Fortran order.
-        rles = mask_utils.encode(np.asfortranarray(res.masks.transpose(1, 2, 0).astype(np.uint8)))
+        rles = res.crop_masks.to_rle()
         for rle, label, score, box in zip(rles, res.labels.tolist(), res.scores.tolist(), res.boxes.tolist()):
             instances.append({
                 "label": int(label), "name": res.class_names[label], "score": float(score), "box": box,
@@ -67,14 +69,12 @@ def results_to_json(res: Results, timing_ms: dict[str, float] | None = None) -> 
 
 
 def results_from_json(body: dict[str, Any], class_names: Sequence[str]) -> Results:
-    """The response dict -> ``Results`` (masks decoded from RLE, boxes and scores as sent, ``speed`` = timing_ms)."""
+    """The response dict -> ``Results`` (mask crops decoded from the RLEs, boxes and scores as sent, ``speed`` =
+    timing_ms)."""
     h, w = (int(v) for v in body["image_size"])
     instances = body["instances"]
     n = len(instances)
-    masks = np.zeros((n, h, w), bool)
-    if n:
-        rles = [{"size": inst["mask"]["size"], "counts": inst["mask"]["counts"].encode("ascii")} for inst in instances]
-        masks[:] = mask_utils.decode(rles).transpose(2, 0, 1).astype(bool)
+    masks = CropMasks.from_rle([inst["mask"] for inst in instances], (h, w))
     return Results(
         masks,
         np.array([inst["score"] for inst in instances], np.float32),

@@ -16,13 +16,16 @@ from ..runtime.results import Results
 __all__ = ["body_box", "clean_detections", "suppress_duplicates"]
 
 
-def body_box(mask: np.ndarray, box: np.ndarray, min_part: float) -> np.ndarray:
-    """xyxy box (x2, y2 exclusive) of the connected parts of ``mask`` with at least ``min_part`` x the largest part's
-    area (8-connectivity); ``box`` is the mask's full box, inside which the search runs."""
+def body_box(crop: np.ndarray, box: np.ndarray, min_part: float) -> np.ndarray:
+    """xyxy box (x2, y2 exclusive) of the connected parts of a mask with at least ``min_part`` x the largest part's
+    area (8-connectivity). ``crop`` is the mask inside ``box``, its full box: (y2 - y1, x2 - x1) bool
+    (``CropMasks.crop``)."""
     x1, y1, x2, y2 = (int(v) for v in box)
     if x2 <= x1 or y2 <= y1:
         return np.asarray(box, np.float32)
-    n, _, stats, _ = cv2.connectedComponentsWithStats(mask[y1:y2, x1:x2].astype(np.uint8), connectivity=8)
+    if crop.shape != (y2 - y1, x2 - x1):
+        raise ValueError(f"crop of shape {crop.shape} for box {box}")
+    n, _, stats, _ = cv2.connectedComponentsWithStats(crop.astype(np.uint8), connectivity=8)
     if n <= 2:  # background plus one part: the full box is the body's
         return np.asarray(box, np.float32)
     parts = stats[1:]
@@ -34,21 +37,16 @@ def body_box(mask: np.ndarray, box: np.ndarray, min_part: float) -> np.ndarray:
 
 def suppress_duplicates(results: Results, max_iou: float) -> np.ndarray:
     """Indices (by decreasing score) of the instances whose mask overlaps no higher-scored kept mask by more than
-    ``max_iou`` IoU. Overlaps are computed inside the two boxes' intersection only."""
+    ``max_iou`` IoU. Overlaps are counted on the mask crops, inside the two masks' box intersection only."""
     order = np.argsort(-results.scores, kind="stable")
-    areas = results.masks.sum((1, 2))
+    masks = results.crop_masks
+    areas = masks.areas()
     kept: list[int] = []
     for i in order:
-        a = results.boxes[i]
         duplicate = False
         for j in kept:
-            b = results.boxes[j]
-            x1, y1 = int(max(a[0], b[0])), int(max(a[1], b[1]))
-            x2, y2 = int(min(a[2], b[2])), int(min(a[3], b[3]))
-            if x2 <= x1 or y2 <= y1:
-                continue
-            inter = int(np.count_nonzero(results.masks[i, y1:y2, x1:x2] & results.masks[j, y1:y2, x1:x2]))
-            if inter / max(areas[i] + areas[j] - inter, 1) > max_iou:
+            inter = masks.intersection(int(i), masks, j)  # 0 without a box overlap, at no cost
+            if inter and inter / max(areas[i] + areas[j] - inter, 1) > max_iou:
                 duplicate = True
                 break
         if not duplicate:
@@ -59,7 +57,8 @@ def suppress_duplicates(results: Results, max_iou: float) -> np.ndarray:
 def clean_detections(results: Results, max_iou: float = 0.7, min_part: float = 0.2) -> Results:
     """``results`` without duplicate masks (``suppress_duplicates``), by decreasing score, with ``body_box`` boxes."""
     kept = results[suppress_duplicates(results, max_iou)]
-    boxes = np.stack([body_box(m, b, min_part) for m, b in zip(kept.masks, kept.boxes)]) if len(kept) else kept.boxes
-    out = Results(kept.masks, kept.scores, kept.labels, kept.class_names, boxes.reshape(-1, 4), kept.speed)
+    masks = kept.crop_masks
+    boxes = np.stack([body_box(*masks.crop(i), min_part) for i in range(len(kept))]) if len(kept) else kept.boxes
+    out = Results(masks, kept.scores, kept.labels, kept.class_names, boxes.reshape(-1, 4), kept.speed)
     out.frame = results.frame
     return out
