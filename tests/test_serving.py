@@ -7,6 +7,7 @@ measured to stall for minutes after a Ray Data run in the same cluster).
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 import socket
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 ray = pytest.importorskip("ray", reason="ray[serve,data] (the serve extra) is not installed")
 serve = pytest.importorskip("ray.serve")
@@ -37,6 +39,9 @@ pytestmark = pytest.mark.ray
 MODEL = "fastinst-demo"
 
 
+MAX_PIXELS = 1_000_000  # above every test image (at most 512 x 512), below a 1100 x 1000 one
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -48,7 +53,8 @@ def server(ray_cluster: str):
     """``fastinst-rt serve fastinst-demo`` with 2 replicas and batches of up to 4, attached to the cluster."""
     port = _free_port()
     cmd = [sys.executable, "-m", "fastinst_rt.cli", "serve", MODEL, "--port", str(port), "--address", ray_cluster,
-           "--replicas", "2", "--max-batch", "4", "--batch-wait-ms", "20", "--device", "cpu"]  # fmt: skip
+           "--replicas", "2", "--max-batch", "4", "--batch-wait-ms", "20", "--device", "cpu",
+           "--max-pixels", str(MAX_PIXELS)]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     ready = threading.Event()
@@ -138,6 +144,10 @@ def test_bad_requests_get_a_reason(server: str, images: list[Path]) -> None:
     assert _post(server + "/v1/segment", jpeg[: len(jpeg) // 3])[0] == 400  # truncated JPEG
     status, body = _post(server + "/v1/segment", bytes(33 * 2**20))
     assert status == 413 and "limit" in body["error"]
+    big = io.BytesIO()  # a few KB of PNG that declares more pixels than the server takes: refused before decoding
+    Image.new("RGB", (1100, 1000)).save(big, format="PNG")
+    status, body = _post(server + "/v1/segment", big.getvalue(), "image/png")
+    assert status == 413 and f"limit of {MAX_PIXELS} pixels" in body["error"], body
     with pytest.raises(ServerError) as e:
         Client(server, conf=1.5).predict(images[0])
     assert e.value.status == 400
@@ -156,7 +166,7 @@ def test_health_model_and_segmenter_url(server: str, photo: np.ndarray) -> None:
     assert str(server_path.parent) not in text and '"/' not in text, "no path of the server's is shown"
     described["source"] = server_path.name
     assert {k: info[k] for k in described} == json.loads(json.dumps(described))  # what `fastinst-rt info` says
-    assert info["serving"]["max_batch"] == 4
+    assert info["serving"]["max_batch"] == 4 and info["serving"]["max_pixels"] == MAX_PIXELS
     _same(client.predict(photo[:300], color="rgb"), Segmenter(MODEL, device="cpu").predict(photo[:300], color="rgb"))
     with pytest.raises(ValueError, match="chosen by the server"):
         Segmenter(server, backend="onnxruntime")

@@ -29,7 +29,7 @@ from starlette.responses import JSONResponse
 
 from ..runtime.preprocess import ImageError, resized_size
 from ..runtime.segmenter import Segmenter
-from .wire import MAX_BODY_BYTES, decode_image, results_to_json
+from .wire import MAX_BODY_BYTES, MAX_PIXELS, ImageTooLarge, decode_image, results_to_json
 
 __all__ = ["ServeConfig", "SegmenterServer", "build_app", "public_description"]
 
@@ -63,6 +63,7 @@ class ServeConfig:
     num_cpus: float = 1.0
     num_gpus: float | None = None
     max_body_bytes: int = MAX_BODY_BYTES
+    max_pixels: int = MAX_PIXELS
 
 
 class BadRequest(ValueError):
@@ -93,7 +94,7 @@ class SegmenterServer:
         if path == "/v1/segment" and method == "POST":
             try:
                 return JSONResponse(await self._segment(request))
-            except _TooLarge as e:
+            except (_TooLarge, ImageTooLarge) as e:
                 return JSONResponse({"error": str(e)}, status_code=413)
             except (BadRequest, ImageError) as e:
                 return JSONResponse({"error": str(e)}, status_code=400)
@@ -111,7 +112,7 @@ class SegmenterServer:
             raise BadRequest(f"Content-Type must be image/... (the encoded image bytes), got {ctype!r}")
         body = await _read_body(request, self.config.max_body_bytes)
         t0 = time.perf_counter()
-        rgb = await asyncio.to_thread(decode_image, body)
+        rgb = await asyncio.to_thread(decode_image, body, "request body", self.config.max_pixels)
         decode_ms = (time.perf_counter() - t0) * 1e3
         response = await self.segment_batch(_Item(rgb, conf, max_det, time.perf_counter()))
         response["timing_ms"]["decode"] = decode_ms

@@ -11,8 +11,11 @@ __all__ = ["add_serve_parser", "add_export_triton_parser", "add_ray_options", "c
 
 def add_serve_parser(sub: argparse._SubParsersAction, add_model_options: Callable) -> None:
     from ..cli_parser import IntRange, fraction, non_negative_float, positive_int
+    from ..runtime.preprocess import MAX_SIDE
+    from .wire import MAX_PIXELS
 
     port, max_det, max_queued = IntRange(1, 65535), IntRange(1, 1000), IntRange(-1)  # 1000: app.MAX_DET_LIMIT
+    max_pixels = IntRange(1, MAX_SIDE * MAX_SIDE)
     p = sub.add_parser("serve", help="serve a model over HTTP on Ray Serve (replicas, dynamic batching)")
     p.add_argument("model", help="checkpoint, artifact or zoo name (a path must exist on every node)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
@@ -31,6 +34,8 @@ def add_serve_parser(sub: argparse._SubParsersAction, add_model_options: Callabl
                    "overrides)")  # fmt: skip
     p.add_argument("--max-det", type=max_det, default=100, help=f"default instances per image, {max_det.text} "
                    "(max_det overrides)")  # fmt: skip
+    p.add_argument("--max-pixels", type=max_pixels, default=MAX_PIXELS, help="largest request image, width x height, "
+                   f"{max_pixels.text} (default {MAX_PIXELS}: 4096 x 4096); larger ones get 413")  # fmt: skip
     p.add_argument("--address", help="a running Ray cluster (default: start a local one)")
     add_model_options(p)
     p.set_defaults(func=_cmd_serve)
@@ -51,7 +56,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         args.model, backend=args.backend, device=args.device, conf=args.conf, max_det=args.max_det,
         min_size=args.min_size, max_size=args.max_size, replicas=args.replicas, max_replicas=args.max_replicas,
         max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, max_queued=args.max_queued,
-        num_cpus=args.replica_cpus,
+        num_cpus=args.replica_cpus, max_pixels=args.max_pixels,
     )  # fmt: skip
     url = start_server(config, host=args.host, port=args.port, address=args.address)
     print(f"serving {args.model} at {url}/v1/segment ({args.replicas} replica(s), batch <= {args.max_batch}); "

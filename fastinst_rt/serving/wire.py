@@ -27,17 +27,25 @@ from ..runtime.masks import CropMasks
 from ..runtime.preprocess import MAX_SIDE, ImageError, load_image
 from ..runtime.results import Results
 
-__all__ = ["MAX_BODY_BYTES", "decode_image", "results_to_json", "results_from_json"]
+__all__ = ["MAX_BODY_BYTES", "MAX_PIXELS", "ImageTooLarge", "decode_image", "results_to_json", "results_from_json"]
 
 #: Largest accepted request body: 32 MiB holds any sensibly encoded photo (a 8K PNG is ~100 MB raw, ~20 MB encoded).
 MAX_BODY_BYTES = 32 * 2**20
+# Pixels of one decoded request image (width x height): 4096 x 4096. What a request costs grows with it (the decoded
+# RGB image, its resized copy, the mask windows); benchmarks/README.md states the measured peak of the largest.
+MAX_PIXELS = 4096 * 4096
 
 
-def decode_image(data: bytes, what: str = "request body") -> np.ndarray:
+class ImageTooLarge(ImageError):
+    """An image whose header declares more pixels than the server takes (answered 413, before it is decoded)."""
+
+
+def decode_image(data: bytes, what: str = "request body", max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Encoded image bytes (JPEG, PNG, WebP, ...) -> (H, W, 3) uint8 RGB, exactly as ``load_image`` reads a file.
 
-    The header's size is checked before the pixels are decoded. Raises ``ImageError`` (a ``ValueError``) with a
-    one-line reason for bytes that are not a decodable image.
+    The header's size is checked before the pixels are decoded: ``ImageTooLarge`` past ``max_pixels`` (a 21 KB PNG
+    can declare 4000 x 4000). Raises ``ImageError`` (a ``ValueError``) with a one-line reason for bytes that are not
+    a decodable image.
     """
     if not data:
         raise ImageError(f"{what} is empty: expected encoded image bytes (JPEG, PNG, WebP)")
@@ -45,6 +53,9 @@ def decode_image(data: bytes, what: str = "request body") -> np.ndarray:
         with Image.open(io.BytesIO(data)) as img:
             if img.height > MAX_SIDE or img.width > MAX_SIDE:
                 raise ImageError(f"image of {img.height}x{img.width} pixels is too large (at most {MAX_SIDE} a side)")
+            if img.height * img.width > max_pixels:
+                raise ImageTooLarge(f"image of {img.height}x{img.width} pixels is over this server's limit of "
+                                    f"{max_pixels} pixels")  # fmt: skip
             img.load()  # PIL is lazy: decode now, so a truncated file fails here
             return load_image(img)
     except UnidentifiedImageError:
