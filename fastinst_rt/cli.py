@@ -170,10 +170,37 @@ def _cmd_build(args: argparse.Namespace) -> int:
             raise ValueError("give all of --min-shape, --opt-shape and --max-shape (images, BxCxHxW)")
         shapes = [parse_shape(s) for s in (args.min_shape, args.opt_shape, args.max_shape)]
         profile = {"images": tuple(shapes), "sizes": tuple((s[0], 2) for s in shapes)}
-    build_engine(
+    engine = build_engine(
         args.onnx, args.output, fp16=args.fp16, workspace_gb=args.workspace, profile=profile,
         max_batch=args.max_batch, timing_cache=args.timing_cache, device=args.device, force=args.force,
     )  # fmt: skip
+    if args.verify:
+        args.candidate, args.reference = str(engine), args.onnx
+        return _cmd_verify(args)
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    """Judge ``args.candidate`` against ``args.reference``: 0 when it passes, 1 (and why, one line) when not."""
+    from fastinst_rt.export.engine_check import verify_artifact
+
+    from .runtime.sources import IMAGE_SUFFIXES
+
+    images = [SAMPLE_PHOTO]
+    if args.images:
+        folder = Path(args.images)
+        images = sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[: args.num_images]
+        if not images:
+            raise ValueError(f"--images {args.images} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    agreement, problems = verify_artifact(args.candidate, args.reference, images)
+    a = agreement
+    print(f"{Path(args.candidate).name} vs {Path(args.reference).name} on {len(images)} image(s): matched "
+          f"{a.matched:.0%} of the top-{a.top_k}, mask IoU {a.mask_iou:.3f}, score diff {a.score_diff:.3f} (mean "
+          f"{a.mean_score_diff:.3f}), rank misses {a.rank_misses}, count {a.count} +- {a.count_diff}")  # fmt: skip
+    if problems:
+        print(f"refused: {'; '.join(problems)}", file=sys.stderr)
+        return 1
+    print("passed")
     return 0
 
 
@@ -241,6 +268,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 COMMANDS = {
     "predict": _cmd_predict, "track": _cmd_predict, "info": _cmd_info, "export": _cmd_export, "build": _cmd_build,
     "train": _cmd_train, "synth": _cmd_synth, "bench": _cmd_bench, "eval": _cmd_eval, "demo": _cmd_demo,
+    "verify": _cmd_verify,
 }  # fmt: skip
 
 

@@ -188,6 +188,20 @@ def _add_artifact_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timing-cache", help="read and update this timing cache (faster rebuilds)")
     p.add_argument("--device", type=non_negative_int, default=0, help="CUDA device index (>= 0, default 0)")
     p.add_argument("--force", action="store_true", help="rebuild even if an up-to-date engine exists")
+    p.add_argument("--verify", action="store_true", help="then judge the engine against the ONNX on real images "
+                   "(as `fastinst-rt verify`)")  # fmt: skip
+    _add_verify_options(p)
+
+    p = sub.add_parser("verify", help="judge an engine (or ONNX file) against the ONNX it was built from: both run on "
+                       "the same images, final instances compared with the export gates' tolerances")  # fmt: skip
+    p.add_argument("candidate", help="the .engine/.plan (with its sidecar) or .onnx file to judge")
+    p.add_argument("reference", help="the .onnx file it was built from")
+    _add_verify_options(p)
+
+
+def _add_verify_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--images", help="folder of images like those the model will see (default: the shipped photo)")
+    p.add_argument("--num-images", type=positive_int, default=8, help="images of --images used (>= 1, default 8)")
 
 
 def _add_training_parsers(sub: argparse._SubParsersAction) -> None:

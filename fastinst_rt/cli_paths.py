@@ -83,6 +83,12 @@ def _synth(args: argparse.Namespace) -> Paths:
     return read, [Write("--output", Path(args.output), folder=True)]
 
 
+def _verify(args: argparse.Namespace) -> Paths:
+    return _model("the candidate", args.candidate) + _model("the reference", args.reference) + reads(
+        "--images", args.images
+    ), []
+
+
 def _serve(args: argparse.Namespace) -> Paths:
     return _model("the model", args.model), []
 
@@ -91,7 +97,7 @@ COMMAND_PATHS: dict[str, Callable[[argparse.Namespace], Paths]] = {
     "predict": _predict, "track": _predict, "export": _export, "build": _build, "train": _train,
     "synth": _synth, "bench": _bench, "eval": _eval, "demo": _folder_out("--output", "output"),
     "export-triton": _folder_out("--repo", "repo", ("the artifact", "artifact")), "serve": _serve,
-    "info": lambda args: ([], []),
+    "info": lambda args: ([], []), "verify": _verify,
 }  # fmt: skip
 
 
