@@ -56,8 +56,8 @@ from fastinst_rt.io.outputs import atomic_path
 if TYPE_CHECKING:  # for annotations; TensorRT is imported where it is used, most installs have none
     import tensorrt as trt
 
-__all__ = ["build_engine", "plan_build", "BuildPlan", "check_build_target", "parse_shape", "default_profile",
-           "default_engine_path"]  # fmt: skip
+__all__ = ["build_engine", "plan_build", "BuildPlan", "build_key", "check_build_target", "engine_sidecar",
+           "engine_up_to_date", "parse_shape", "default_profile", "requested_profile", "default_engine_path"]  # fmt: skip
 
 Profile = dict[str, tuple[tuple[int, ...], ...]]
 
@@ -229,9 +229,9 @@ def build_engine(
     logger = trt.Logger(trt.Logger.WARNING)
     trt.init_libnvinfer_plugins(logger, "")
     check_build_target(plan.trt_version, gpu["compute_capability"], plan.meta.dcn, _has_deform_plugin())
-    if not force and _up_to_date(plan):
+    if not force and engine_up_to_date(plan):
         _log(progress, f"{plan.output} is up to date (same ONNX, TensorRT {plan.trt_version}, {gpu['name']}, "
-                       f"{plan.precision})")  # fmt: skip
+                       f"{plan.precision}, builder flags and profile)")  # fmt: skip
         return plan.output
     builder = trt.Builder(logger)
     network, parser = _parse(builder, logger, plan, progress)
@@ -247,17 +247,47 @@ def _has_deform_plugin() -> bool:
     return any(registry.get_plugin_creator("ModulatedDeformConv2d", v, "") for v in ("1", "2"))
 
 
-def _up_to_date(plan: BuildPlan) -> bool:
-    """Whether ``plan.output`` is an engine of this ONNX, TensorRT version, GPU and precision."""
+def requested_profile(plan: BuildPlan) -> Profile | None:
+    """The optimization profile a graph with dynamic inputs is built with; None for a static graph, whose shapes
+    are the ONNX file's own (and so part of its hash)."""
+    if plan.meta.fixed_size is not None and plan.meta.batch is not None:
+        return None
+    return plan.profile or default_profile(plan.meta.test_size, plan.max_batch)
+
+
+def build_key(plan: BuildPlan) -> dict:
+    """Everything an engine is tied to: the cache key of ``engine_up_to_date`` (JSON-like, as the sidecar holds it).
+
+    ONNX hash, TensorRT version, GPU, precision, the builder flags that choose kernels, and the optimization profile
+    (min/opt/max shapes; the max batch is its largest first dimension)."""
+    profile = requested_profile(plan)
+    return {
+        "onnx_sha256": plan.onnx_sha256, "tensorrt": plan.trt_version, "gpu": plan.gpu["name"],
+        "precision": plan.precision, "fp16_flag": plan.fp16_flag, "strongly_typed": plan.strongly_typed,
+        "profile": None if profile is None else {k: [list(s) for s in v] for k, v in sorted(profile.items())},
+    }  # fmt: skip
+
+
+def _sidecar_key(old: EngineSidecar) -> dict:
+    """``build_key`` as an existing engine's sidecar records it (None where an older sidecar lacks a field)."""
+    profile = {k: [list(s) for s in v] for k, v in sorted(old.profile.items())} if old.profile else None
+    return {
+        "onnx_sha256": old.build.get("onnx_sha256"), "tensorrt": old.tensorrt, "gpu": old.gpu,
+        "precision": old.precision, "fp16_flag": old.build.get("fp16_flag"),
+        "strongly_typed": old.build.get("strongly_typed"), "profile": profile if old.build.get("dynamic") else None,
+    }  # fmt: skip
+
+
+def engine_up_to_date(plan: BuildPlan) -> bool:
+    """Whether ``plan.output`` is an engine with ``plan``'s ``build_key``: same ONNX, TensorRT, GPU, precision,
+    builder flags and profile. Another ``--max-batch`` or profile is a rebuild, not a cache hit."""
     if not (plan.output.is_file() and sidecar_path(plan.output).is_file()):
         return False
     try:
         old = read_sidecar(plan.output)
     except ArtifactError:
         return False  # an unreadable sidecar: rebuild and overwrite it
-    return (old.build.get("onnx_sha256"), old.tensorrt, old.gpu, old.precision) == (
-        plan.onnx_sha256, plan.trt_version, plan.gpu["name"], plan.precision,
-    )  # fmt: skip
+    return _sidecar_key(old) == build_key(plan)
 
 
 def _parse(
@@ -326,19 +356,24 @@ def _build(
     return serialized, time.perf_counter() - start
 
 
-def _write(plan: BuildPlan, serialized: trt.IHostMemory, shapes: Profile, seconds: float, progress: bool) -> Path:
-    out = plan.output
-    with atomic_path(out) as tmp:  # the engine appears whole or not at all
-        tmp.write_bytes(memoryview(serialized))
-    sidecar = EngineSidecar(
+def engine_sidecar(plan: BuildPlan, shapes: Profile, seconds: float) -> EngineSidecar:
+    """The sidecar of an engine built by ``plan`` with the profile ``shapes``; it records ``build_key``'s fields."""
+    return EngineSidecar(
         meta=plan.meta, tensorrt=plan.trt_version, gpu=plan.gpu["name"],
         compute_capability=plan.gpu["compute_capability"], precision=plan.precision,
         max_batch=int(max(s[2][0] for s in shapes.values())), dynamic_batch=plan.meta.batch is None,
         profile={k: [list(s) for s in v] for k, v in shapes.items()},
-        build={"strongly_typed": plan.strongly_typed, "onnx": plan.onnx_path.name, "onnx_sha256": plan.onnx_sha256,
-               "workspace_gb": plan.workspace_gb, "build_seconds": round(seconds, 1),
+        build={"strongly_typed": plan.strongly_typed, "fp16_flag": plan.fp16_flag,
+               "dynamic": requested_profile(plan) is not None, "onnx": plan.onnx_path.name,
+               "onnx_sha256": plan.onnx_sha256, "workspace_gb": plan.workspace_gb, "build_seconds": round(seconds, 1),
                "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
     )  # fmt: skip
-    side = write_sidecar(out, sidecar)
+
+
+def _write(plan: BuildPlan, serialized: trt.IHostMemory, shapes: Profile, seconds: float, progress: bool) -> Path:
+    out = plan.output
+    with atomic_path(out) as tmp:  # the engine appears whole or not at all
+        tmp.write_bytes(memoryview(serialized))
+    side = write_sidecar(out, engine_sidecar(plan, shapes, seconds))
     _log(progress, f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB) in {seconds:.0f} s and {side.name}")
     return out

@@ -6,6 +6,7 @@ the reason; the decisions the builder and the runtime make before touching Tenso
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 from pathlib import Path
@@ -193,3 +194,42 @@ def test_fp16_engine_is_finite(tiny_onnx, photo, tmp_path: Path) -> None:
     sidecar_path(engine).write_text(json.dumps(side))
     with pytest.raises(EngineMismatchError, match="rebuild it here"):
         Segmenter(engine)
+
+
+def _plan(tmp_path: Path, *, max_batch: int = 1, fp16_flag: bool = False, dynamic: bool = True):
+    """A ``BuildPlan`` as ``plan_build`` makes it on a T4, without TensorRT (the cache logic needs none)."""
+    from fastinst_rt.artifact import ArtifactMeta
+    from fastinst_rt.export.trt_build import BuildPlan
+
+    meta = ArtifactMeta("demo", ("a", "b"), (256, 341), fixed_size=None if dynamic else (256, 352),
+                        batch=None if dynamic else 1, dynamic=dynamic)  # fmt: skip
+    return BuildPlan(tmp_path / "m.onnx", meta, tmp_path / "m.engine", "10.4.0", {"name": "Tesla T4",
+                     "compute_capability": "7.5"}, "fp16" if fp16_flag else "fp32", fp16_flag, False, "ab" * 32, 4.0,
+                     None, max_batch, None)  # fmt: skip
+
+
+def _fake_engine(plan) -> None:
+    """An engine file and the sidecar ``build_engine`` writes for ``plan`` (the engine's bytes are never read here)."""
+    from fastinst_rt.artifact import write_sidecar
+    from fastinst_rt.export.trt_build import engine_sidecar, requested_profile
+
+    plan.output.write_bytes(b"not an engine")
+    shapes = requested_profile(plan) or {"images": ((1, 3, 256, 352),) * 3, "sizes": ((1, 2),) * 3}
+    write_sidecar(plan.output, engine_sidecar(plan, shapes, 1.0))
+
+
+def test_the_engine_cache_key_holds_the_profile_max_batch_and_flags(tmp_path: Path) -> None:
+    from fastinst_rt.export.trt_build import engine_up_to_date
+
+    _fake_engine(_plan(tmp_path, max_batch=1))
+    assert engine_up_to_date(_plan(tmp_path, max_batch=1))
+    assert not engine_up_to_date(_plan(tmp_path, max_batch=4))  # another --max-batch: another profile
+    assert not engine_up_to_date(_plan(tmp_path, fp16_flag=True))
+    custom = dataclasses.replace(_plan(tmp_path), profile={"images": ((1, 3, 160, 160), (1, 3, 256, 352),
+                                 (2, 3, 352, 352)), "sizes": ((1, 2), (1, 2), (2, 2))})  # fmt: skip
+    assert not engine_up_to_date(custom)
+    _fake_engine(custom)
+    assert engine_up_to_date(custom) and not engine_up_to_date(_plan(tmp_path))
+    static = _plan(tmp_path, dynamic=False)
+    _fake_engine(static)
+    assert engine_up_to_date(static) and engine_up_to_date(_plan(tmp_path, dynamic=False, max_batch=8))
