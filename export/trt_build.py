@@ -56,8 +56,10 @@ from fastinst_rt.io.outputs import atomic_path
 if TYPE_CHECKING:  # for annotations; TensorRT is imported where it is used, most installs have none
     import tensorrt as trt
 
-__all__ = ["build_engine", "plan_build", "BuildPlan", "build_key", "check_build_target", "engine_sidecar",
-           "engine_up_to_date", "parse_shape", "default_profile", "requested_profile", "default_engine_path"]  # fmt: skip
+__all__ = [
+    "build_engine", "plan_build", "BuildPlan", "build_key", "check_build_target", "engine_sidecar",
+    "engine_up_to_date", "parse_shape", "default_profile", "requested_profile", "default_engine_path",
+]  # fmt: skip
 
 Profile = dict[str, tuple[tuple[int, ...], ...]]
 
