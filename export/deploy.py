@@ -13,7 +13,8 @@ wrapper deep-copies the model and swaps in export-friendly layers (the pattern o
   and optionally whole regions (``fp16_regions``) left in float32 for weights that float16 hurts there.
 
 Masked attention needs no swap: the model already uses a finite additive bias and resets fully masked rows with
-a logical and (``modeling.decoder.attention_bias``), so no NonZero/ScatterND reaches the graph.
+a logical and (``modeling.decoder.attention_bias``), so no NonZero/ScatterND reaches the graph. With ``padding``
+(static exports), ``export.padding`` swaps in region-aware modules so that each image sees only its padding to /32.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from torch import nn
 from fastinst_rt.artifact import INPUT_NAMES, OUTPUT_NAMES
 from fastinst_rt.modeling.fastinst import FastInst
 from fastinst_rt.modeling.layers import Attention, DeformConv, deform_conv2d
+
+from .padding import Region, apply_region_masks, replicate_edge
 
 __all__ = [
     "DeployModel", "ExactAdaptiveAvgPool2d", "ExportDeformConv", "make_exportable", "fp16_regions", "select_pairs",
@@ -352,6 +355,8 @@ class DeployModel(nn.Module):
         fp16: FP16-mixed network (see ``make_exportable``); inputs and outputs keep their dtypes.
         float32_regions: with ``fp16``, regions of ``fp16_regions`` left wholly in float32.
         dcn: how deformable convolutions are exported, one of ``DCN_MODES``.
+        padding: components of ``export.padding.COMPONENTS`` that mask each image's padding beyond its valid size
+            rounded up to /32 (a static graph's extra padding, which the official model never sees); () for none.
 
     ``forward(images, sizes)``: images (B, 3, H, W) uint8 RGB, zero-padded bottom/right to multiples of 32; sizes
     (B, 2) int64, each image's valid (h, w). Returns ``(pred_logits (B, Q, K+1), pred_masks (B, Q, H/8, W/8))``
@@ -360,10 +365,13 @@ class DeployModel(nn.Module):
 
     def __init__(
         self, model: FastInst, *, raw: bool = False, max_det: int = 100, fp16: bool = False, dcn: str = "onnx",
-        float32_regions: Sequence[str] = (),
+        float32_regions: Sequence[str] = (), padding: Sequence[str] = (),
     ):  # fmt: skip
         super().__init__()
         self.model = make_exportable(copy.deepcopy(model).eval(), dcn=dcn, fp16=fp16, float32_regions=float32_regions)
+        self.region, self.padding = Region(), tuple(padding)
+        if self.padding:
+            apply_region_masks(self.model, self.region, self.padding)
         self.raw, self.fp16, self.float32_regions = raw, fp16, tuple(float32_regions)
         q, k = model.decoder.num_queries, model.num_classes
         if max_det < 1:
@@ -380,6 +388,8 @@ class DeployModel(nn.Module):
 
     def forward(self, images: torch.Tensor, sizes: torch.Tensor) -> tuple[torch.Tensor, ...]:
         m = self.model
+        if self.padding:
+            self.region.set(sizes, tuple(images.shape[-2:]))
         x = m.normalize(images, sizes)
         if self.fp16:
             x = x.half()
@@ -387,6 +397,8 @@ class DeployModel(nn.Module):
         e3, e4, _ = m.pixel_decoder(m.backbone(x))
         out = m.decoder(e3, e4)
         logits, masks = out["pred_logits"].float(), out["pred_masks"].float()
+        if "edge" in self.padding:
+            masks = replicate_edge(masks, self.region)
         if self.raw:
             return logits, masks
         return select_pairs(logits, masks, self.max_det)

@@ -34,12 +34,14 @@ from fastinst_rt.coco import COCO_CLASSES
 from fastinst_rt.io.outputs import check_writable, write_atomic
 from fastinst_rt.modeling.fastinst import SIZE_DIVISIBILITY, FastInst
 from fastinst_rt.modeling.layers import DeformConv
+from fastinst_rt.runtime.padding import static_padding_note
 from fastinst_rt.runtime.preprocess import MAX_TEST_SIZE, check_test_size
 from fastinst_rt.zoo import DEFAULT_TEST_SIZE
 
 from . import quantize
 from .checks import Agreement, check_graph, graph_opset
 from .deploy import MASK_STRIDE, DeployModel, fp16_regions
+from .padding import COMPONENTS as PADDING_COMPONENTS
 from .verify import SIMPLIFY_TOL, gate_inputs, judge_half, judge_reduced, simplify_graph, verify_graph, verify_reduced
 
 __all__ = ["export_onnx", "plan_export", "ExportPlan", "parse_imgsz", "default_imgsz"]
@@ -103,6 +105,7 @@ class ExportPlan:
     dcn: str  # "none", "onnx" or "trt-plugin" (artifact.DCN_FORMS)
     simplify: bool
     progress: bool
+    padding: tuple[str, ...] = ()  # masked components of the extra padding (export.padding), static graphs only
 
     @property
     def exporter(self) -> str:
@@ -128,7 +131,7 @@ def _load(model: FastInst | str | os.PathLike, info: ModelInfo | None, progress:
 def plan_export(
     net: FastInst, info: ModelInfo, *, imgsz: int | str | tuple[int, int] | None, dynamic: bool,
     min_size: int | None, max_size: int | None, batch: int, fp16: bool, raw: bool, opset: int | None, max_det: int,
-    dcn_plugin: bool, simplify: bool, progress: bool,
+    dcn_plugin: bool, simplify: bool, progress: bool, mask_padding: bool = True,
 ) -> ExportPlan:  # fmt: skip
     """Check the options against each other and the model (arguments as ``export_onnx``); ValueError if they clash."""
     has_dcn = any(isinstance(m, DeformConv) for m in net.modules())
@@ -154,8 +157,11 @@ def plan_export(
     q = net.decoder.num_queries
     if (size[0] // 16) * (size[1] // 16) < q:
         raise ValueError(f"input {size[0]}x{size[1]} is too small to select {q} queries at 1/16")
+    # A static graph masks the padding beyond each image's /32 size, which the official model never sees
+    # (benchmarks/README.md, result 12); a dynamic one gets only that padding, so it needs no mask.
+    padding = PADDING_COMPONENTS if mask_padding and not dynamic else ()
     return ExportPlan(info, test_size, size, dynamic, batch, "fp16" if fp16 else "fp32", raw, opset,
-                      min(int(max_det), q * net.num_classes), dcn, simplify, progress)  # fmt: skip
+                      min(int(max_det), q * net.num_classes), dcn, simplify, progress, padding)  # fmt: skip
 
 
 def export_onnx(
@@ -179,6 +185,7 @@ def export_onnx(
     calib_images: int = 32,
     calib_method: str = "percentile",
     progress: bool = True,
+    mask_padding: bool = True,
 ) -> Path:
     """Export a FastInst checkpoint (path or zoo name) or module to an ONNX file; returns the written path.
 
@@ -204,6 +211,9 @@ def export_onnx(
         calib_images: how many of them (sorted by path) to calibrate on.
         calib_method: activation-range calibration, one of ``quantize.CALIB_METHODS``.
         progress: print the steps to stderr.
+        mask_padding: a static graph masks each image's padding beyond its valid size rounded up to /32, so that
+            it gives the dynamic graph's instances on any aspect ratio (``export.padding``); False only to measure
+            the unmasked graph (benchmarks/static_padding.py).
 
     FP16 and INT8 graphs are judged on their final instances against the FP32 model (``verify.verify_reduced``)
     and refused past ``checks.TOLERANCES``; nothing is written then. Before that, either falls back to leaving up to
@@ -223,15 +233,18 @@ def export_onnx(
     net, info = _load(model, info, progress)
     plan = plan_export(net, info, imgsz=imgsz, dynamic=dynamic, min_size=min_size, max_size=max_size, batch=batch,
                        fp16=fp16, raw=raw, opset=opset, max_det=max_det, dcn_plugin=dcn_plugin, simplify=simplify,
-                       progress=progress)  # fmt: skip
+                       progress=progress, mask_padding=mask_padding)  # fmt: skip
     # Dynamic export traces batch 2: torch.export specializes an example dimension of size 1.
     images, sizes = _example_inputs(2 if dynamic else batch, plan.size)
     dcn = plan.dcn if plan.dcn != "none" else "onnx"
     # The FP32 network that FP16 graphs are judged against, built once for the judgements before and after the trace.
-    reference = DeployModel(net, raw=raw, max_det=plan.max_det).eval() if fp16 and plan.runnable else None
+    reference = (
+        DeployModel(net, raw=raw, max_det=plan.max_det, padding=plan.padding).eval() if fp16 and plan.runnable else None
+    )
     # Judged before the long trace: which regions, if any, the float16 network needs in float32 for these weights.
     regions = _fp16_float32_regions(net, reference, plan, (images, sizes), dcn) if reference is not None else ()
-    wrapper = DeployModel(net, raw=raw, max_det=plan.max_det, fp16=fp16, dcn=dcn, float32_regions=regions)
+    wrapper = DeployModel(net, raw=raw, max_det=plan.max_det, fp16=fp16, dcn=dcn, float32_regions=regions,
+                          padding=plan.padding)  # fmt: skip
     proto = _trace(wrapper, images, sizes, plan)
     if plan.simplify:
         feeds = {"images": images.numpy(), "sizes": sizes.numpy()} if plan.runnable else None
@@ -273,7 +286,8 @@ def _fp16_float32_regions(
     images, sizes = images[:1], sizes[:1]  # the photo, once
 
     def attempt(kept: tuple[str, ...], progress: bool) -> tuple[Agreement, list[str], tuple[str, ...]]:
-        half = DeployModel(net, raw=plan.raw, max_det=plan.max_det, fp16=True, dcn=dcn, float32_regions=kept).eval()
+        half = DeployModel(net, raw=plan.raw, max_det=plan.max_det, fp16=True, dcn=dcn, float32_regions=kept,
+                           padding=plan.padding).eval()  # fmt: skip
         agreement, problems = judge_half(reference, half, images, sizes, progress)
         if kept:
             _log(plan.progress, f"fp16 with {', '.join(kept)} in float32: score diff {agreement.score_diff:.4f}, "
@@ -477,5 +491,6 @@ def _metadata(plan: ExportPlan, wrapper: DeployModel) -> ArtifactMeta:
         opset=plan.opset, exporter=f"torch.onnx {plan.exporter} (torch {torch.__version__}, onnx {onnx.__version__})",
         dcn=plan.dcn, source=os.path.basename(info.source) if info.source else "", source_sha256=info.sha256,
         fastinst_rt_version=__version__, config=info.config.to_dict() if info.config is not None else None,
-        extra={"fp16": {"float32_regions": list(wrapper.float32_regions)}} if wrapper.fp16 else {},
+        extra={**({"fp16": {"float32_regions": list(wrapper.float32_regions)}} if wrapper.fp16 else {}),
+               **({} if plan.dynamic else {"padding": static_padding_note(plan.size, plan.padding)})},
     )  # fmt: skip

@@ -49,6 +49,7 @@ class BenchRun:
     instances: int = 0
     peak_memory_mb: float = 0.0
     memory_kind: str = ""
+    padding: str = ""  # a static graph's input size and whether it masks the extra padding (runtime.padding)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -139,6 +140,7 @@ def benchmark(
             instances=instances[i],
             peak_memory_mb=cuda_peak if cuda_peak is not None else _peak_rss_mb(),
             memory_kind="cuda max allocated" if cuda_peak is not None else "process peak RSS",
+            padding=str(describe.get("padding") or ""),
         )
         run.fps = 1e3 * batch / run.stages["total"]["p50"]
         runs.append(run)
@@ -214,7 +216,10 @@ def markdown_table(runs: Sequence[BenchRun]) -> str:
         cells += ["{p50:.1f} / {p90:.1f} / {p99:.1f}".format(**r.stages[s]) for s in STAGES]
         cells += [f"{r.fps:.1f}", str(r.instances), f"{r.peak_memory_mb:.0f}"]
         rows.append("| " + " | ".join(cells) + " |")
-    return "\n".join(rows)
+    # Instance counts of a static and a dynamic graph differ on another aspect ratio unless the static one masks
+    # its extra padding: say so under the table, once per run that has a static input.
+    notes = [f"{r.model}: {r.padding}" for r in runs if r.padding]
+    return "\n".join(rows + ([""] + notes if notes else []))
 
 
 def write_json(runs: Sequence[BenchRun], path: str | os.PathLike, extra: dict | None = None) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ...artifact import ArtifactMeta, cache_dir
+from ..padding import padding_caveat
 from .base import Backend, BackendInfo
 
 __all__ = ["OnnxRuntimeBackend"]
@@ -128,6 +129,8 @@ class OnnxRuntimeBackend(Backend):
             inputs={i.name: f"{i.type} {i.shape}" for i in self.session.get_inputs()},
             graph_outputs={o.name: f"{o.type} {o.shape}" for o in self.session.get_outputs()},
         )  # fmt: skip
+        if m.fixed_size is not None:  # what an image of another aspect ratio meets in a static graph
+            d["padding"] = padding_caveat(m)
         if m.precision != "fp32":  # what the export's gate left in float32 for these weights
             reduced = m.extra.get("fp16" if m.precision == "fp16" else "quantization", {})
             d["float32_regions"] = reduced.get("float32_regions", []) if isinstance(reduced, dict) else []

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ...artifact import INPUT_NAMES, ArtifactError, check_engine_compat, read_sidecar
+from ..padding import padding_caveat
 from .base import Backend, BackendInfo
 
 __all__ = ["TensorRTBackend"]
@@ -154,4 +155,6 @@ class TensorRTBackend(Backend):
                  compute_capability=s.compute_capability, profile=s.profile, outputs=self.meta.outputs,
                  max_det=self.meta.max_det, cuda_graph=self.cuda_graph, onnx=s.build.get("onnx"),
                  onnx_sha256=s.build.get("onnx_sha256"))  # fmt: skip
+        if self.meta.fixed_size is not None:  # what an image of another aspect ratio meets in a static engine
+            d["padding"] = padding_caveat(self.meta)
         return d
