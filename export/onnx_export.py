@@ -32,6 +32,7 @@ from fastinst_rt.artifact import ArtifactMeta
 from fastinst_rt.checkpoint import ModelInfo, load_checkpoint
 from fastinst_rt.coco import COCO_CLASSES
 from fastinst_rt.io.outputs import check_writable, write_atomic
+from fastinst_rt.log import progress_logger
 from fastinst_rt.modeling.fastinst import SIZE_DIVISIBILITY, FastInst
 from fastinst_rt.modeling.layers import DeformConv
 from fastinst_rt.runtime.padding import static_padding_note
@@ -84,9 +85,7 @@ def parse_imgsz(imgsz: int | str | tuple[int, int] | list[int]) -> tuple[int, in
     return _ceil32(values[0]), _ceil32(values[1])
 
 
-def _log(progress: bool, msg: str) -> None:
-    if progress:
-        print(f"[fastinst-rt export] {msg}", file=sys.stderr, flush=True)
+_log = progress_logger(__name__)
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,6 @@ import dataclasses
 import logging
 import os
 import re
-import sys
 import tempfile
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
@@ -38,6 +37,7 @@ import numpy as np
 import onnx
 
 from fastinst_rt.artifact import ArtifactMeta, read_onnx_meta
+from fastinst_rt.log import bar_disabled, progress_logger
 
 from .checks import check_int8
 
@@ -93,9 +93,7 @@ def quiet_repeats() -> Iterator[None]:
         root.removeFilter(_ONCE)
 
 
-def _log(progress: bool, msg: str) -> None:
-    if progress:
-        print(f"[fastinst-rt quantize] {msg}", file=sys.stderr, flush=True)
+_log = progress_logger(__name__)
 
 
 def calibration_images(folder: str | os.PathLike, num_images: int) -> list[Path]:
@@ -125,7 +123,7 @@ def calibration_feeds(
 
     from fastinst_rt.runtime.preprocess import load_image
 
-    for path in tqdm(files, desc="calibration", disable=not progress):
+    for path in tqdm(files, desc="calibration", disable=bar_disabled(progress)):
         batch, sizes = runtime_input([load_image(path, "rgb")], meta)
         yield {"images": batch, "sizes": sizes}
 

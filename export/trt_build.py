@@ -35,7 +35,6 @@ import hashlib
 import math
 import os
 import re
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +51,7 @@ from fastinst_rt.artifact import (
     write_sidecar,
 )
 from fastinst_rt.io.outputs import atomic_path
+from fastinst_rt.log import progress_logger
 
 if TYPE_CHECKING:  # for annotations; TensorRT is imported where it is used, most installs have none
     import tensorrt as trt
@@ -64,9 +64,7 @@ __all__ = [
 Profile = dict[str, tuple[tuple[int, ...], ...]]
 
 
-def _log(progress: bool, msg: str) -> None:
-    if progress:
-        print(f"[build] {msg}", file=sys.stderr, flush=True)
+_log = progress_logger(__name__)
 
 
 def check_build_target(trt_version: str, compute_capability: str, dcn: str, has_deform_plugin: bool) -> None:

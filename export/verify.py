@@ -24,6 +24,7 @@ import onnx
 import torch
 
 from fastinst_rt.checkpoint import first_non_finite
+from fastinst_rt.log import progress_logger
 
 from .checks import Agreement, compare_instances, judge_agreement
 from .deploy import DeployModel, select_pairs
@@ -39,9 +40,7 @@ SIMPLIFY_TOL = 1e-4
 _PAIRS = ("scores", "labels", "masks")
 
 
-def _log(progress: bool, msg: str) -> None:
-    if progress:
-        print(f"[fastinst-rt export] {msg}", file=sys.stderr, flush=True)
+_log = progress_logger(__name__)
 
 
 def simplify_graph(proto: onnx.ModelProto, feeds: dict | None, tol: float, progress: bool) -> onnx.ModelProto:

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import cli_parser
 from .cli_paths import check_command_paths
 from .io.outputs import shown
+from .log import LOGGER_NAME
 from .serving import cli as serving_cli
 
 if TYPE_CHECKING:
@@ -260,7 +263,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .jobs.demo import run_demo
 
-    run_demo(args.output, num_images=args.num_images, iters=args.iters)
+    result = run_demo(args.output, num_images=args.num_images, iters=args.iters)
+    counts = result["instances"]
+    print(result["table"])
+    print(f"\ninstances per image: torch {counts['torch']}, onnxruntime {counts['onnxruntime']}; largest score "
+          f"difference {result['agreement']['max_score_diff']:.1e}")  # fmt: skip
+    print(f"wrote {', '.join(result['written'])} in {result['seconds']:.0f} s")
     return 0
 
 
@@ -282,6 +290,34 @@ def _one_line(error: BaseException) -> str:
     return "; ".join(lines) if lines else type(error).__name__
 
 
+class _LogFormat(logging.Formatter):
+    """``[fastinst-rt export] message``: the library's part (a job by its own name) before each message."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        parts = record.name.split(".")
+        part = parts[-1] if parts[1:2] == ["jobs"] else parts[1] if len(parts) > 1 else ""
+        return f"[fastinst-rt{' ' + part if part else ''}] {record.getMessage()}"
+
+
+@contextlib.contextmanager
+def _library_logging(args: argparse.Namespace) -> Iterator[None]:
+    """The library's messages on stderr while one command runs: INFO, DEBUG with ``--verbose``, warnings only with
+    ``--quiet`` (or a subcommand's ``-q``)."""
+    logger = logging.getLogger(LOGGER_NAME)
+    handler = logging.StreamHandler(sys.stderr)  # the stderr of this call (tests swap it)
+    handler.setFormatter(_LogFormat())
+    quiet = getattr(args, "log_quiet", False) or getattr(args, "quiet", False) is True
+    level = logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING if quiet else logging.INFO
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand; returns the exit status: 0, 2 for a user's mistake (one line on stderr), 130 if stopped.
 
@@ -294,8 +330,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # argparse has printed its one line (or --help)
         return int(e.code or 0)
     try:
-        check_command_paths(args)  # no output on an input or on another output, before any work
-        return args.func(args)
+        with _library_logging(args):
+            check_command_paths(args)  # no output on an input or on another output, before any work
+            return args.func(args)
     except USER_ERRORS as e:
         if args.debug:
             raise

@@ -295,6 +295,8 @@ def build_parser(commands: dict[str, Callable[[argparse.Namespace], int]]) -> ar
     ones bring their own."""
     parser = _Parser(prog="fastinst-rt", description="FastInst instance segmentation: run, export, deploy.")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    parser.add_argument("--verbose", action="store_true", help="the library's debug messages too")
+    parser.add_argument("--quiet", dest="log_quiet", action="store_true", help="the library's warnings only")
     sub = parser.add_subparsers(dest="command", required=True)
 
     _add_predict_parsers(sub)

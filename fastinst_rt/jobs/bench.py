@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io.outputs import write_atomic
+from ..log import bar_disabled
 from ..runtime.preprocess import load_image
 from ..runtime.segmenter import Segmenter
 
@@ -115,7 +116,7 @@ def benchmark(
         for _ in range(warmup):
             seg.predict_batch(images, color="rgb")
         _cuda_peak_mb(seg, reset=True)
-    for _ in tqdm(range(iters), desc="bench", disable=not progress):
+    for _ in tqdm(range(iters), desc="bench", disable=bar_disabled(progress)):
         for i, seg in enumerate(segmenters):
             start = time.perf_counter()
             results = seg.predict_batch(images, color="rgb")

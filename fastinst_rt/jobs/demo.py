@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 
 import cv2
 import numpy as np
 
 from ..io.outputs import check_writable, write_image
+from ..log import progress_logger
 
 __all__ = ["run_demo", "DEMO_MODEL"]
 
@@ -27,9 +27,7 @@ _SAMPLE_SEED = 20261124  # fixed: the demo shows the same images every time; tra
 _SAMPLE_SIZE = (256, 320)
 
 
-def _say(msg: str, quiet: bool) -> None:
-    if not quiet:
-        print(msg, file=sys.stderr, flush=True)
+_log = progress_logger(__name__)
 
 
 def _mosaic(rows: list[list[np.ndarray]], labels: list[str]) -> np.ndarray:
@@ -61,13 +59,13 @@ def run_demo(
     start = time.perf_counter()
     out = check_writable(output, "--output", folder=True)
     out.mkdir(parents=True, exist_ok=True)
-    _say(f"[demo] generating {num_images} sample images", quiet)
+    _log(not quiet, f"generating {num_images} sample images", quiet)
     ann = make_synthetic_dataset(out / "samples", num_images, seed=_SAMPLE_SEED, size=_SAMPLE_SIZE)
     files = [ann.parent / "images" / im["file_name"] for im in json.loads(ann.read_text())["images"]]
 
     torch_seg = Segmenter(DEMO_MODEL, backend="torch", device="cpu", conf=0.5)
     onnx_path = out / "fastinst-demo.onnx"
-    _say(f"[demo] exporting {DEMO_MODEL} to {onnx_path}", quiet)
+    _log(not quiet, f"exporting {DEMO_MODEL} to {onnx_path}", quiet)
     from ..export import export_onnx
 
     export_onnx(DEMO_MODEL, onnx_path, imgsz=_SAMPLE_SIZE, progress=not quiet)
@@ -97,18 +95,14 @@ def run_demo(
     }
     write_image(out / "predictions.jpg", _mosaic(list(rows.values()), ["PyTorch", "ONNX Runtime"]))
 
-    _say(f"[demo] timing both backends ({iters} iterations each, interleaved)", quiet)
+    _log(not quiet, f"timing both backends ({iters} iterations each, interleaved)", quiet)
     runs = benchmark([torch_seg, ort_seg], str(files[0]), warmup=2, iters=iters, progress=False)
     table = markdown_table(runs)
     (out / "latency.md").write_text(table + "\n")
     write_json(runs, out / "latency.json")
     plot_runs(runs, out / "latency.png", title=f"{DEMO_MODEL} on this CPU")
     seconds = time.perf_counter() - start
-    if not quiet:
-        print(table)
-        print(f"\ninstances per image: torch {instances['torch']}, onnxruntime {instances['onnxruntime']}; "
-              f"largest score difference {agreement['max_score_diff']:.1e}")  # fmt: skip
-        print(f"wrote {out / 'predictions.jpg'} (both backends), {out / 'torch'}/, {out / 'onnxruntime'}/,")
-        print(f"      {onnx_path}, {out / 'latency.md'}, {out / 'latency.png'} in {seconds:.0f} s")
-    return {"output": str(out), "instances": instances, "agreement": agreement,
-            "latency": [r.to_dict() for r in runs], "seconds": seconds}  # fmt: skip
+    written = [out / "predictions.jpg", out / "torch", out / "onnxruntime", onnx_path, out / "latency.md",
+               out / "latency.png"]  # fmt: skip
+    return {"output": str(out), "instances": instances, "agreement": agreement, "table": table, "seconds": seconds,
+            "latency": [r.to_dict() for r in runs], "written": [str(p) for p in written]}  # fmt: skip

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io.outputs import check_writable, write_atomic
+from ..log import bar_disabled
 from ..runtime.segmenter import Segmenter
 from .coco_checks import check_coco_instances
 
@@ -113,7 +114,7 @@ def evaluate_coco(
     image_ids = sorted(coco.getImgIds())[:max_images]
     records, totals = [], {}
     start = time.perf_counter()
-    for image_id in tqdm(image_ids, desc="eval", disable=not progress):
+    for image_id in tqdm(image_ids, desc="eval", disable=bar_disabled(progress)):
         info = coco.imgs[image_id]
         res = segmenter.predict(Path(images) / info["file_name"])
         if res.orig_shape != (info["height"], info["width"]):

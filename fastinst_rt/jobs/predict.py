@@ -23,6 +23,7 @@ from ..io.durable import OutputNames, ResultsFile, TextLog
 from ..io.outputs import shown, write_image
 from ..io.paths import Read, Write, check_paths
 from ..io.video_out import VideoWriter
+from ..log import bar_disabled
 from ..runtime.segmenter import Segmenter
 from ..runtime.sources import Frame, Source, SourceLike, open_source
 from ..runtime.stream import Stage, StreamError, StreamStats, check_stream_options, segment_stream
@@ -178,7 +179,7 @@ def predict_source(
     stages = ([_tracking_stage(tracker)] if tracker else []) + ([Stage("draw", drawer)] if drawer else [])
     category_ids = coco_category_ids(segmenter.class_names)
     total = -(-src.count // vid_stride) if src.count else None
-    bar = tqdm(total=total, desc="track" if tracker else "predict", disable=not progress, unit="frame")
+    bar = tqdm(total=total, desc="track" if tracker else "predict", disable=bar_disabled(progress), unit="frame")
     try:
         frames = segment_stream(segmenter, src, batch=batch, vid_stride=vid_stride, realtime=realtime,
                                 pipeline=pipeline, conf=_stream_conf(segmenter, tracker), skip_bad=True,

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..io.outputs import check_writable, write_atomic
 from ..jobs.predict import coco_category_ids
+from ..log import bar_disabled
 from ..runtime.preprocess import ImageError
 from ..runtime.segmenter import Segmenter
 from ..runtime.sources import IMAGE_SUFFIXES
@@ -172,7 +173,7 @@ def _write_shards(
     shard_dir.mkdir(parents=True, exist_ok=True)
     lines: dict[int, dict[int, str]] = {}
     total = sum(len(s) for k, s in enumerate(shards) if k not in done)
-    for row in tqdm(rows, total=total, desc="predict --ray", disable=not progress):
+    for row in tqdm(rows, total=total, desc="predict --ray", disable=bar_disabled(progress)):
         index = index_of[_local_path(row["path"])]
         k = index // len(shards[0])
         line: dict[str, Any] = {"index": index, "file_name": files[index].name}
