@@ -157,6 +157,22 @@ class Results:
             )
         return out
 
+    def to_supervision(self) -> Any:
+        """A ``supervision.Detections`` (xyxy, mask as a ``CompactMask`` built from the crops, confidence, class_id,
+        tracker_id, ``data["class_name"]``); needs the ``supervision`` extra. See ``integrations.supervision``."""
+        from ..integrations.supervision import to_supervision
+
+        return to_supervision(self)
+
+    @classmethod
+    def from_supervision(
+        cls, detections: Any, class_names: Sequence[str], image_shape: tuple[int, int] | None = None
+    ) -> Results:
+        """``Results`` from a ``supervision.Detections`` with masks (``integrations.supervision.from_supervision``)."""
+        from ..integrations.supervision import from_supervision
+
+        return from_supervision(detections, class_names, image_shape)
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable summary without masks: labels, names, scores, boxes (xyxy), orig_shape, speed."""
         return {
