@@ -31,6 +31,8 @@ SAMPLE_PHOTO = str(Path(__file__).parent / "assets" / "astronaut.jpg")
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     if getattr(args, "ray", False):  # track has no --ray
+        if args.save_txt or args.segmentation != "rle":
+            raise ValueError("--save-txt and --segmentation polygon are not available with --ray")
         return serving_cli.cmd_predict_ray(args)
     from .jobs.predict import predict_source
     from .runtime.segmenter import Segmenter
@@ -40,7 +42,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         min_size=args.min_size, max_size=args.max_size, half=args.half,
     )  # fmt: skip
     options = dict(pipeline=not args.no_pipeline, batch=args.batch, vid_stride=args.vid_stride,
-                   realtime=args.realtime, timeout=args.timeout, progress=not args.quiet)  # fmt: skip
+                   realtime=args.realtime, timeout=args.timeout, progress=not args.quiet, save_txt=args.save_txt,
+                   segmentation=args.segmentation)  # fmt: skip
     if args.command == "track":
         from .jobs.track import track_source
         from .tracking import ByteTracker
