@@ -67,7 +67,8 @@ def _report(summary: Any, metrics: dict | None, args: argparse.Namespace) -> int
         print(f"wrote {shown(path)}")
     if metrics:
         m = metrics
-        print(f"MOTA {m['mota']:.3f}, IDF1 {m['idf1']:.3f}, ID switches {m['num_switches']:.0f}, precision "
+        print(f"HOTA {m['hota']:.3f} (DetA {m['deta']:.3f}, AssA {m['assa']:.3f}), "
+              f"MOTA {m['mota']:.3f}, IDF1 {m['idf1']:.3f}, ID switches {m['num_switches']:.0f}, precision "
               f"{m['precision']:.3f}, recall {m['recall']:.3f} over {m['num_frames']:.0f} frames")  # fmt: skip
     done = f"results up to frame {summary.last_frame} are kept" if summary.last_frame is not None else "no frame done"
     if summary.failed:
