@@ -81,6 +81,8 @@ def test_round_trip_and_the_converse(photo_results) -> None:
         ).crop_masks.boxes,
         res.crop_masks.boxes,
     )
+    with pytest.raises(ValueError, match="image_shape"):
+        Results.from_supervision(res.to_supervision(), res.class_names, (100, 100))
     with pytest.raises(ValueError, match="without masks"):
         Results.from_supervision(sv.Detections(xyxy=res.boxes), res.class_names)
     with pytest.raises(ValueError, match="not in class_names"):

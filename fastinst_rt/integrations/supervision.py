@@ -87,6 +87,8 @@ def _crop_masks(mask: Any, image_shape: tuple[int, int] | None) -> CropMasks:
     """``Detections.mask`` (a ``CompactMask`` or (N, H, W) bool) -> ``CropMasks``; a ``CompactMask`` crop by crop."""
     compact = _compact_mask_type()
     if compact is not None and isinstance(mask, compact):
+        if image_shape is not None and tuple(mask.image_shape) != tuple(image_shape):
+            raise ValueError(f"masks are {tuple(mask.image_shape)} but image_shape is {tuple(image_shape)}")
         crops, boxes = [], np.zeros((len(mask), 4), np.int64)
         for i in range(len(mask)):
             crop = mask.crop(i)  # (h, w) at offset (x1, y1); not necessarily tight: tighten it
@@ -130,7 +132,7 @@ def from_supervision(
             ``confidence`` (None: 1.0 each, supervision's own meaning of a missing confidence); ``tracker_id``
             (kept as ``track_ids``); ``xyxy`` (kept as ``boxes``).
         class_names: the names ``class_id`` indexes.
-        image_shape: (H, W), checked against dense masks (a ``CompactMask`` carries its own).
+        image_shape: (H, W), checked against the masks' (a ``CompactMask`` carries its own; dense masks theirs).
     Returns:
         ``Results`` whose ``crop_masks`` are built crop by crop from a ``CompactMask`` (no whole-image array).
     """
