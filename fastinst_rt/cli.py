@@ -34,6 +34,8 @@ SAMPLE_PHOTO = str(Path(__file__).parent / "assets" / "astronaut.jpg")
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     if getattr(args, "ray", False):  # track has no --ray
+        if args.save_txt or args.segmentation != "rle":
+            raise ValueError("--save-txt and --segmentation polygon are not available with --ray")
         return serving_cli.cmd_predict_ray(args)
     from .jobs.predict import predict_source
     from .runtime.segmenter import Segmenter
@@ -43,7 +45,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         min_size=args.min_size, max_size=args.max_size, half=args.half,
     )  # fmt: skip
     options = dict(pipeline=not args.no_pipeline, batch=args.batch, vid_stride=args.vid_stride,
-                   realtime=args.realtime, timeout=args.timeout, progress=not args.quiet)  # fmt: skip
+                   realtime=args.realtime, timeout=args.timeout, progress=not args.quiet, save_txt=args.save_txt,
+                   segmentation=args.segmentation)  # fmt: skip
     if args.command == "track":
         from .jobs.track import track_source
         from .tracking import ByteTracker
@@ -67,7 +70,8 @@ def _report(summary: Any, metrics: dict | None, args: argparse.Namespace) -> int
         print(f"wrote {shown(path)}")
     if metrics:
         m = metrics
-        print(f"MOTA {m['mota']:.3f}, IDF1 {m['idf1']:.3f}, ID switches {m['num_switches']:.0f}, precision "
+        print(f"HOTA {m['hota']:.3f} (DetA {m['deta']:.3f}, AssA {m['assa']:.3f}), "
+              f"MOTA {m['mota']:.3f}, IDF1 {m['idf1']:.3f}, ID switches {m['num_switches']:.0f}, precision "
               f"{m['precision']:.3f}, recall {m['recall']:.3f} over {m['num_frames']:.0f} frames")  # fmt: skip
     done = f"results up to frame {summary.last_frame} are kept" if summary.last_frame is not None else "no frame done"
     if summary.failed:

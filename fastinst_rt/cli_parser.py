@@ -119,6 +119,12 @@ def _add_predict_parsers(sub: argparse._SubParsersAction) -> None:
                        "(>= 1, default 100)")  # fmt: skip
         p.add_argument("--save", metavar="DIR", help="write annotated images (or the annotated video) here")
         p.add_argument("--json", metavar="FILE", help="results as frames complete: .jsonl lines, else COCO JSON")
+        p.add_argument("--segmentation", choices=("rle", "polygon"), default="rle",
+                       help="masks in --json: COCO compressed RLE (default, exact) or COCO polygons "
+                       "[[x1,y1,...],...] (outer contours)")  # fmt: skip
+        p.add_argument("--save-txt", metavar="DIR",
+                       help="write YOLO-seg labels here, one .txt per image or frame (class x1 y1 x2 y2 ... in "
+                       "[0, 1], one line per polygon part; a folder apart from --save)")  # fmt: skip
         p.add_argument("--no-pipeline", action="store_true", help="run the stages one after another (to compare)")
         p.add_argument("--batch", type=positive_int, default=1, help="frames per backend call (>= 1, default 1)")
         p.add_argument("--vid-stride", type=positive_int, default=1, help="use every n-th frame (>= 1, default 1)")

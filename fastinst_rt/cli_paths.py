@@ -36,7 +36,8 @@ def _predict(args: argparse.Namespace) -> Paths:
     if getattr(args, "ray", False) and args.json:  # the Ray path writes shards beside --json
         shards = Write("--json's shards", Path(f"{args.json}.shards"), folder=True, names=None)
         return read, [*_files(json=args.json), shards]
-    return read, output_paths(args.source, args.save, {"--json": args.json, "--mot": getattr(args, "mot", None)})
+    files = {"--json": args.json, "--mot": getattr(args, "mot", None)}
+    return read, output_paths(args.source, args.save, files, args.save_txt)
 
 
 def _export(args: argparse.Namespace) -> Paths:

@@ -38,8 +38,9 @@ class ResultsFile:
     ``every`` frames and on ``close``, so the file on disk is always complete JSON.
     """
 
-    def __init__(self, path: str | os.PathLike, every: int = 50) -> None:
+    def __init__(self, path: str | os.PathLike, every: int = 50, segmentation: str = "rle") -> None:
         self.path = Path(path)
+        self.segmentation = segmentation  # what the job asks ``Results.to_coco`` for: "rle" or "polygon"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.lines = self.path.suffix.lower() == ".jsonl"
         self.every, self.frames = max(1, every), 0

@@ -23,6 +23,7 @@ from ..io.durable import OutputNames, ResultsFile, TextLog
 from ..io.outputs import shown, write_image
 from ..io.paths import Read, Write, check_paths
 from ..io.video_out import VideoWriter
+from ..io.yolo_labels import YoloLabelWriter, label_names
 from ..log import bar_disabled
 from ..runtime.segmenter import Segmenter
 from ..runtime.sources import Frame, Source, SourceLike, open_source
@@ -114,10 +115,12 @@ def saved_names(source: SourceLike) -> frozenset[str]:
     return frozenset(_video_name(kind, "") for kind in ("stream", "camera", "frames"))
 
 
-def output_paths(source: SourceLike, save_dir: str | os.PathLike | None, files: dict[str, str | os.PathLike | None]
-                 ) -> list[Write]:  # fmt: skip
-    """The outputs of a predict/track run as ``io.paths.Write`` entries: ``--save`` and the files in ``files``."""
+def output_paths(source: SourceLike, save_dir: str | os.PathLike | None, files: dict[str, str | os.PathLike | None],
+                 save_txt: str | os.PathLike | None = None) -> list[Write]:  # fmt: skip
+    """The outputs of a predict/track run as ``io.paths.Write`` entries: ``--save``, ``--save-txt`` and ``files``."""
     writes = [Write(what, Path(p)) for what, p in files.items() if p]
+    if save_txt:
+        writes.insert(0, Write("--save-txt", Path(save_txt), folder=True, names=label_names(source)))
     if save_dir:
         writes.insert(0, Write("--save", Path(save_dir), folder=True, names=saved_names(source)))
     return writes
@@ -146,6 +149,8 @@ def predict_source(
     timeout: float = 10.0,
     every: int = 50,
     progress: bool = True,
+    save_txt: str | os.PathLike | None = None,
+    segmentation: str = "rle",
 ) -> PredictSummary:
     """Segment (and with ``tracker``, track) every frame of ``source``, writing as frames complete.
 
@@ -157,6 +162,8 @@ def predict_source(
             ``file_name``) rewritten atomically every ``every`` frames. See ``durable.ResultsFile``.
         tracker: a ``ByteTracker``; then instances carry ``track_ids`` and ``mot_path`` gets MOTChallenge lines.
         trails: draw recent track centres.
+        save_txt: a folder for YOLO-seg label files, one per image or frame (``io.yolo_labels``).
+        segmentation: the masks in ``json_path``: "rle" (COCO compressed RLE) or "polygon" (COCO polygons).
         pipeline, batch, vid_stride, realtime, timeout: see ``Segmenter.stream``.
     Returns:
         A ``PredictSummary``; it is complete unless images failed, a video was truncated, a stage failed or the
@@ -165,7 +172,7 @@ def predict_source(
     from tqdm import tqdm
 
     check_stream_options(batch, vid_stride)
-    writes = output_paths(source, save_dir, {"--json": json_path, "--mot": mot_path})
+    writes = output_paths(source, save_dir, {"--json": json_path, "--mot": mot_path}, save_txt)
     check_paths([], writes)  # before the source is opened and any frame is run
     src = open_source(source, timeout=timeout)
     out_dir = Path(save_dir) if save_dir else None
@@ -174,9 +181,11 @@ def predict_source(
         raise ValueError("MOT output needs tracking (fastinst-rt track)")
     summary, stats = PredictSummary(), StreamStats()
     drawer = _Drawer(out_dir, src, vid_stride, tracker, trails) if out_dir else None
-    results_file = ResultsFile(json_path, every) if json_path else None
+    results_file = ResultsFile(json_path, every, segmentation) if json_path else None
+    labels = YoloLabelWriter(save_txt, src.kind == "images") if save_txt else None
     mot = TextLog(mot_path) if mot_path else None
     stages = ([_tracking_stage(tracker)] if tracker else []) + ([Stage("draw", drawer)] if drawer else [])
+    stages += [Stage("labels", labels)] if labels else []
     category_ids = coco_category_ids(segmenter.class_names)
     total = -(-src.count // vid_stride) if src.count else None
     bar = tqdm(total=total, desc="track" if tracker else "predict", disable=bar_disabled(progress), unit="frame")
@@ -205,6 +214,7 @@ def predict_source(
     summary.stopped, summary.dropped = src.stopped, stats.dropped
     summary.speed = stats.ms_per_frame()
     summary.written = (drawer.written if drawer else []) + [str(p) for p in (json_path, mot_path) if p]
+    summary.written += labels.written if labels else []
     return summary
 
 
@@ -224,7 +234,8 @@ def _record(summary: PredictSummary, frame: Frame, res: Results | None, results_
     summary.frames += 1
     summary.instances += len(res)
     if results_file is not None:
-        results_file.add(frame.index, frame.name, frame.timestamp, res.to_coco(frame.index, category_ids))
+        records = res.to_coco(frame.index, category_ids, results_file.segmentation)
+        results_file.add(frame.index, frame.name, frame.timestamp, records)
     if mot is not None:
         from ..tracking.mot import mot_lines
 

@@ -46,6 +46,7 @@ def track_source(
 
 def _ground_truth(gt_path: str | os.PathLike, mot_path: str | os.PathLike | None) -> MotFrames:
     """The ground truth, read and checked (and py-motmetrics found) before any work; never overwritten by --mot."""
+    from ..tracking.hota import require_trackeval
     from ..tracking.mot import read_ground_truth, require_motmetrics
 
     if not mot_path:
@@ -53,4 +54,5 @@ def _ground_truth(gt_path: str | os.PathLike, mot_path: str | os.PathLike | None
     if Path(mot_path).resolve() == Path(gt_path).resolve():
         raise ValueError(f"--mot {mot_path} is the ground truth --gt: it would be overwritten")
     require_motmetrics()
+    require_trackeval()
     return read_ground_truth(gt_path)

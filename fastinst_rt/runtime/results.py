@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 from .masks import CropMasks
+from .polygons import DEFAULT_TOLERANCE, Part, coco_polygon_records, instance_polygons, yolo_lines
 
 if TYPE_CHECKING:
     from .sources import Frame
@@ -132,17 +133,27 @@ class Results:
         """The instances with score >= ``conf``."""
         return self[self.scores >= conf]
 
-    def to_coco(self, image_id: int, category_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
+    def to_coco(
+        self, image_id: int, category_ids: Sequence[int] | None = None, segmentation: str = "rle",
+        tolerance: float = DEFAULT_TOLERANCE,
+    ) -> list[dict[str, Any]]:  # fmt: skip
         """COCO result dicts, JSON-serialisable, one per instance.
 
         Each has ``image_id``, ``category_id`` (``category_ids[label]`` if given, e.g. the 80 COCO ids for the
-        contiguous labels 0..79, else the label), ``segmentation`` (compressed RLE, counts as str), ``score`` and
-        ``bbox`` as [x, y, w, h] floats.
+        contiguous labels 0..79, else the label), ``segmentation`` (compressed RLE, counts as str; with
+        ``segmentation="polygon"``, COCO polygons ``[[x1, y1, ...], ...]`` of the outer contours simplified by
+        ``tolerance`` pixels, see ``runtime.polygons``; an empty mask then has no record), ``score`` and ``bbox``
+        as [x, y, w, h] floats.
         """
         if category_ids is not None and len(category_ids) != len(self.class_names):
             raise ValueError(f"{len(category_ids)} category_ids for {len(self.class_names)} classes")
+        if segmentation not in ("rle", "polygon"):
+            raise ValueError(f"segmentation must be 'rle' or 'polygon', got {segmentation!r}")
         if len(self) == 0:
             return []
+        if segmentation == "polygon":
+            ids = category_ids if category_ids is not None else range(len(self.class_names))
+            return coco_polygon_records(self.crop_masks, self.scores, self.labels, self.boxes, image_id, ids, tolerance)
         rles = self.crop_masks.to_rle()  # byte-identical to pycocotools' encode of the dense masks
         out = []
         for rle, score, label, (x1, y1, x2, y2) in zip(rles, self.scores.tolist(), self.labels.tolist(), self.boxes):
@@ -156,6 +167,31 @@ class Results:
                 }
             )
         return out
+
+    def polygons(self, tolerance: float = DEFAULT_TOLERANCE) -> list[list[Part]]:
+        """Per instance, its parts (``runtime.polygons.Part``: outer contour (K, 2) float32 x, y and the holes inside
+        it) in image coordinates, from the crops; ``tolerance``: ``cv2.approxPolyDP`` epsilon in pixels (0: exact)."""
+        return [instance_polygons(*self.crop_masks.crop(i), tolerance) for i in range(len(self))]
+
+    def to_yolo(self, tolerance: float = DEFAULT_TOLERANCE) -> list[str]:
+        """YOLO-seg label lines, ``class x1 y1 x2 y2 ...`` normalized to [0, 1], one per polygon part."""
+        return yolo_lines(self.crop_masks, self.labels, tolerance)
+
+    def to_supervision(self) -> Any:
+        """A ``supervision.Detections`` (xyxy, mask as a ``CompactMask`` built from the crops, confidence, class_id,
+        tracker_id, ``data["class_name"]``); needs the ``supervision`` extra. See ``integrations.supervision``."""
+        from ..integrations.supervision import to_supervision
+
+        return to_supervision(self)
+
+    @classmethod
+    def from_supervision(
+        cls, detections: Any, class_names: Sequence[str], image_shape: tuple[int, int] | None = None
+    ) -> Results:
+        """``Results`` from a ``supervision.Detections`` with masks (``integrations.supervision.from_supervision``)."""
+        from ..integrations.supervision import from_supervision
+
+        return from_supervision(detections, class_names, image_shape)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable summary without masks: labels, names, scores, boxes (xyxy), orig_shape, speed."""

@@ -21,7 +21,7 @@ from .preprocess import ImageSource, PreprocessInfo, check_test_size, load_image
 from .results import Results
 
 if TYPE_CHECKING:
-    from ..tracking import ByteTracker
+    from ..tracking import Tracker
     from .sources import SourceLike
 
 __all__ = ["Prepared", "Segmenter"]
@@ -184,19 +184,20 @@ class Segmenter:
                 res.frame = frame
                 yield res
 
-    def track(self, source: SourceLike, tracker: ByteTracker | None = None, **stream_options: Any) -> Iterator[Results]:
+    def track(self, source: SourceLike, tracker: Tracker | None = None, **stream_options: Any) -> Iterator[Results]:
         """``stream`` with persistent instance ids: each ``Results`` has ``track_ids`` (N,) int64.
 
         Args:
-            tracker: a ``fastinst_rt.tracking.ByteTracker`` (default: one with its default thresholds). Detections
-                down to its ``low_score`` are used for the second association stage; the yielded results hold
-                the tracked instances only.
+            tracker: any ``fastinst_rt.tracking.Tracker`` (``update``, ``reset``): default a ``ByteTracker`` with
+                its default thresholds; e.g. ``integrations.trackers.TrackersAdapter`` for the ``trackers``
+                package's. Detections down to its ``low_score`` (if it has one) are streamed; the yielded results
+                hold the tracked instances only.
             stream_options: passed to ``stream`` (``batch``, ``vid_stride``, ``realtime``, ``pipeline``, ...).
         """
         from ..tracking import ByteTracker
 
         tracker = tracker or ByteTracker()
-        stream_options.setdefault("conf", min(self.conf, tracker.low_score))
+        stream_options.setdefault("conf", min(self.conf, getattr(tracker, "low_score", self.conf)))
         for res in self.stream(source, **stream_options):
             yield tracker.update(res)
 

@@ -115,6 +115,10 @@ class ByteTracker:
         self.high_score, self.low_score, self.new_track_score = high_score, low_score, new_track_score
         self.match_iou, self.low_match_iou, self.new_match_iou = match_iou, low_match_iou, new_match_iou
         self.max_lost, self.duplicate_iou, self.min_part = max_lost, duplicate_iou, min_part
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every track and start the ids and frame count again (a new video)."""
         self.tracks: list[_Track] = []
         self.frame = -1
         self._next_id = 1

@@ -1,4 +1,4 @@
-"""MOTChallenge text files and track quality (MOTA, IDF1, ID switches) through py-motmetrics.
+"""MOTChallenge text files and track quality: MOTA, IDF1, ID switches through py-motmetrics, HOTA through TrackEval.
 
 The MOT format: one line per box, ``frame,id,x,y,w,h,score,-1,-1,-1`` with frames counted from 1 and boxes in pixels
 (x, y the top-left corner). Ground truth from ``fastinst-rt synth --video`` has ``frame,id,x,y,w,h,1,class,visibility``.
@@ -15,6 +15,7 @@ import numpy as np
 
 from ..runtime.results import Results
 from .bytetrack import box_iou
+from .hota import hota_metrics
 
 __all__ = ["mot_lines", "read_mot", "read_ground_truth", "require_motmetrics", "track_metrics"]
 
@@ -102,10 +103,11 @@ def track_metrics(
     gt: str | os.PathLike | MotFrames, predicted: str | os.PathLike, min_iou: float = 0.5
 ) -> dict[str, float]:
     """MOTA, IDF1, ID switches and friends of ``predicted`` against ``gt`` (MOTChallenge files, or the ground truth
-    already read by ``read_ground_truth``), boxes matched at IoU >= ``min_iou``, over every frame of the ground truth.
+    already read by ``read_ground_truth``), boxes matched at IoU >= ``min_iou``, over every frame of the ground truth;
+    and ``hota``, ``deta``, ``assa``, ``loca`` (TrackEval's, averaged over IoU 0.05..0.95: ``hota.hota_metrics``).
 
-    Needs py-motmetrics (the ``dev`` extra). Distances are computed here (1 - IoU, NaN where IoU < ``min_iou``), as
-    motmetrics' own ``iou_matrix`` calls ``np.asfarray``, which numpy 2 removed.
+    Needs py-motmetrics and trackeval (the ``metrics`` extra). Distances are computed here (1 - IoU, NaN where
+    IoU < ``min_iou``), as motmetrics' own ``iou_matrix`` calls ``np.asfarray``, which numpy 2 removed.
     """
     mm = require_motmetrics()
     truth = gt if isinstance(gt, dict) else read_ground_truth(gt)
@@ -120,4 +122,4 @@ def track_metrics(
     names = ["mota", "motp", "idf1", "num_switches", "precision", "recall", "num_false_positives", "num_misses",
              "mostly_tracked", "num_unique_objects", "num_frames"]  # fmt: skip
     summary = mm.metrics.create().compute(acc, metrics=names, name="run")
-    return {k: float(summary[k].iloc[0]) for k in names}
+    return {**{k: float(summary[k].iloc[0]) for k in names}, **hota_metrics(truth, hyp, max(truth))}
