@@ -19,7 +19,7 @@ from skimage import data
 from fastinst_rt.runtime.masks import CropMasks, rle_counts
 from fastinst_rt.runtime.postprocess import boxes_from_masks, instances_from_pairs, select_pairs
 from fastinst_rt.runtime.results import Results
-from fastinst_rt.runtime.upsample import MAX_WINDOW, _resize_window, exact, positive_window
+from fastinst_rt.runtime.upsample import MAX_WINDOW, _resize_window, exact, first_resize, upsample_parts
 from fastinst_rt.serving.wire import results_from_json, results_to_json
 from fastinst_rt.tracking.detections import clean_detections, suppress_duplicates
 
@@ -126,17 +126,19 @@ def test_parity_outputs_match_the_whole_image_path() -> None:
         np.testing.assert_array_equal(crops.dense(), r_masks)
 
 
-def test_windows_cover_the_masks_and_large_ones_fall_back() -> None:
+def test_windows_cover_the_parts_and_large_ones_fall_back() -> None:
     rng = np.random.default_rng(3)
     low = -np.ones((72, 128), np.float32)
     low[30:34, 50:60] = 2.0
-    window, logit = positive_window(low, (576, 1024), (576, 1024), (1080, 1920))
-    x1, y1, x2, y2 = window
-    assert logit.shape == (y2 - y1, x2 - x1) and (logit > 0).any()
-    assert (x2 - x1) * (y2 - y1) < 0.02 * 1080 * 1920, "a small blob gets a small window"
-    scattered = np.where(rng.random((72, 128)) > 0.995, 1.0, -1.0).astype(np.float32)
-    scattered[0, 0] = scattered[-1, -1] = 1.0
-    assert positive_window(scattered, (576, 1024), (576, 1024), (1080, 1920)) is None
+    low[60:63, 5:9] = 1.5  # a second part far from the first: two small windows, not one spanning box
+    up = first_resize(low, (576, 1024), (576, 1024))
+    found = upsample_parts(up, (1080, 1920))
+    assert len(found) == 2
+    for (x1, y1, x2, y2), logit in found:
+        assert logit.shape == (y2 - y1, x2 - x1) and (logit > 0).any()
+    assert sum(logit.size for _, logit in found) < 0.02 * 1080 * 1920, "small parts get small windows"
+    scattered = np.where(rng.random((72, 128)) > 0.8, 1.0, -1.0).astype(np.float32)
+    assert upsample_parts(first_resize(scattered, (576, 1024), (576, 1024)), (1080, 1920)) is None
     assert MAX_WINDOW < 1.0
     _same_as_dense(np.stack([scattered, low]), (576, 1024), (576, 1024), (1080, 1920))
 
