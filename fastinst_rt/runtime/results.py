@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import colorsys
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Union
 
 import cv2
@@ -242,7 +243,6 @@ def _draw_mask(
     contour, where the raster scan meets it), last first. Otherwise (``boxes`` that are not the masks', e.g. a
     tracker's body boxes) the mask inside ``box``, as before.
     """
-    x1, y1, x2, y2 = box
     crop, own = masks.crop(i)
     parts = masks.part_boxes(i).tolist() if own == box else [list(box)]
     table = _blend_table(col, alpha)
@@ -252,17 +252,26 @@ def _draw_mask(
         cv2.copyTo(cv2.LUT(region, table), m, region)  # the blend where the mask is set
     found = cache.get(id(crop)) if own == box else None
     if found is None:
-        found = []
-        for px1, py1, px2, py2 in parts:
-            m = masks.region(i, (px1, py1, px2, py2)).view(np.uint8)
-            found.extend(cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE, offset=(px1, py1))[0])
-        if len(parts) > 1:
-            found.sort(key=lambda c: (int(c[0, 0, 1]), int(c[0, 0, 0])), reverse=True)
+        found = _part_contours(masks, i, parts)
         if own == box:
             cache[id(crop)] = found
     cv2.drawContours(out, found, -1, col, thick, cv2.LINE_AA)
 
 
+def _part_contours(masks: CropMasks, i: int, parts: list[list[int]]) -> list[np.ndarray]:
+    """The outer contours ((P, 1, 2) int32 image coordinates each) of mask ``i`` inside the separated boxes
+    ``parts``, in the order of ``findContours`` on the whole box: by first point (the top-left pixel of the
+    contour, where the raster scan meets it), last first."""
+    found: list[np.ndarray] = []
+    for px1, py1, px2, py2 in parts:
+        m = masks.region(i, (px1, py1, px2, py2)).view(np.uint8)
+        found.extend(cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE, offset=(px1, py1))[0])
+    if len(parts) > 1:
+        found.sort(key=lambda c: (int(c[0, 0, 1]), int(c[0, 0, 0])), reverse=True)
+    return found
+
+
+@lru_cache(maxsize=256)
 def _blend_table(col: tuple[int, int, int], alpha: float) -> np.ndarray:
     """(256, 1, 3) uint8: ``v * (1 - alpha) + col * alpha`` rounded, per channel, for every value v of a pixel.
 
@@ -270,9 +279,12 @@ def _blend_table(col: tuple[int, int, int], alpha: float) -> np.ndarray:
     mask costs a table lookup per pixel (``cv2.LUT``) instead of float arithmetic on fancy-indexed copies.
     """
     v = np.arange(256, dtype=np.uint8)[:, None]
-    return (v * (1.0 - alpha) + np.array(col) * alpha + 0.5).astype(np.uint8)[:, None, :]
+    table = (v * (1.0 - alpha) + np.array(col) * alpha + 0.5).astype(np.uint8)[:, None, :]
+    table.flags.writeable = False  # cached (a few colours per frame) and shared
+    return table
 
 
+@lru_cache(maxsize=1024)
 def _class_color(label: int) -> tuple[int, int, int]:
     """A fixed, well-spread RGB colour per class: hues stepped by the golden ratio, alternating brightness."""
     hue = (label * 0.618033988749895) % 1.0
