@@ -18,8 +18,8 @@ from skimage import data
 
 from fastinst_rt.runtime.masks import CropMasks, rle_counts
 from fastinst_rt.runtime.postprocess import boxes_from_masks, instances_from_pairs, select_pairs
-from fastinst_rt.runtime.results import Results
-from fastinst_rt.runtime.upsample import MAX_WINDOW, _resize_window, exact, positive_window
+from fastinst_rt.runtime.results import Results, _part_contours
+from fastinst_rt.runtime.upsample import MAX_WINDOW, _resize_window, exact, first_resize, upsample_parts
 from fastinst_rt.serving.wire import results_from_json, results_to_json
 from fastinst_rt.tracking.detections import clean_detections, suppress_duplicates
 
@@ -55,7 +55,16 @@ def test_the_emulated_resize_is_cv2_bit_for_bit() -> None:
         ref = cv2.resize(low, (dst[1], dst[0]), interpolation=cv2.INTER_LINEAR)
         y1, x1 = int(rng.integers(0, dst[0])), int(rng.integers(0, dst[1]))
         y2, x2 = int(rng.integers(y1 + 1, dst[0] + 1)), int(rng.integers(x1 + 1, dst[1] + 1))
-        np.testing.assert_array_equal(_resize_window(low, (0, 0), src, dst, (x1, y1, x2, y2)), ref[y1:y2, x1:x2])
+        for vertical in ("numpy", "cv2"):  # cv2's own vertical pass below zero rows, cut at a period
+            got = _resize_window(low, (0, 0), src, dst, (x1, y1, x2, y2), vertical=vertical)
+            np.testing.assert_array_equal(got, ref[y1:y2, x1:x2])
+    for src, dst in [((192, 341), (1080, 1920)), ((192, 341), (2160, 3840)), ((60, 90), (45, 67))]:
+        low = (rng.normal(size=src) * 8).astype(np.float32)
+        ref = cv2.resize(low, (dst[1], dst[0]), interpolation=cv2.INTER_LINEAR)
+        for y1 in range(0, dst[0] - 1, max(1, dst[0] // 13)):  # windows ending anywhere in the period
+            y2, x1 = min(dst[0], y1 + 1 + y1 % 97), y1 % (dst[1] - 2)
+            got = _resize_window(low, (0, 0), src, dst, (x1, y1, x1 + 2 + y1 % 50, y2), vertical="cv2")
+            np.testing.assert_array_equal(got, ref[y1:y2, x1 : x1 + 2 + y1 % 50])
     for src, dst in [((72, 128), (576, 1024)), ((576, 1024), (1080, 1920)), ((576, 1024), (2160, 3840))]:
         low = (rng.normal(size=src) * 8).astype(np.float32)
         full = _resize_window(low, (0, 0), src, dst, (0, 0, dst[1], dst[0]))
@@ -78,7 +87,8 @@ def _adversarial(h: int, w: int) -> np.ndarray:
     maps = []
     for fill in ([(h // 2, slice(None))], [(slice(None), w // 3)], [(0, slice(None))], [(h - 1, slice(None))],
                  [(slice(None), 0)], [(slice(None), w - 1)], [(0, 0)], [(h - 1, w - 1)], [(0, w - 1), (h - 1, 0)],
-                 [(h // 2, w // 2)], [], [(slice(1, h, 3), slice(1, w, 4))]):  # fmt: skip
+                 [(h // 2, w // 2)], [], [(slice(1, h, 3), slice(1, w, 4))],
+                 [(h // 2, 0), (h // 2 + h // 4, w - 1)], [(0, w // 2), (h - 1, w // 2)]):  # fmt: skip
         m = -rng.uniform(0.1, 5, (h, w)).astype(np.float32)
         for where in fill:
             m[where] = rng.uniform(1e-3, 5)
@@ -126,17 +136,19 @@ def test_parity_outputs_match_the_whole_image_path() -> None:
         np.testing.assert_array_equal(crops.dense(), r_masks)
 
 
-def test_windows_cover_the_masks_and_large_ones_fall_back() -> None:
+def test_windows_cover_the_parts_and_large_ones_fall_back() -> None:
     rng = np.random.default_rng(3)
     low = -np.ones((72, 128), np.float32)
     low[30:34, 50:60] = 2.0
-    window, logit = positive_window(low, (576, 1024), (576, 1024), (1080, 1920))
-    x1, y1, x2, y2 = window
-    assert logit.shape == (y2 - y1, x2 - x1) and (logit > 0).any()
-    assert (x2 - x1) * (y2 - y1) < 0.02 * 1080 * 1920, "a small blob gets a small window"
-    scattered = np.where(rng.random((72, 128)) > 0.995, 1.0, -1.0).astype(np.float32)
-    scattered[0, 0] = scattered[-1, -1] = 1.0
-    assert positive_window(scattered, (576, 1024), (576, 1024), (1080, 1920)) is None
+    low[60:63, 5:9] = 1.5  # a second part far from the first: two small windows, not one spanning box
+    up = first_resize(low, (576, 1024), (576, 1024))
+    found = upsample_parts(up, (1080, 1920))
+    assert len(found) == 2
+    for (x1, y1, x2, y2), logit in found:
+        assert logit.shape == (y2 - y1, x2 - x1) and (logit > 0).any()
+    assert sum(logit.size for _, logit in found) < 0.02 * 1080 * 1920, "small parts get small windows"
+    scattered = np.where(rng.random((72, 128)) > 0.8, 1.0, -1.0).astype(np.float32)
+    assert upsample_parts(first_resize(scattered, (576, 1024), (576, 1024)), (1080, 1920)) is None
     assert MAX_WINDOW < 1.0
     _same_as_dense(np.stack([scattered, low]), (576, 1024), (576, 1024), (1080, 1920))
 
@@ -269,3 +281,62 @@ def test_tracker_and_wire_use_crops() -> None:
     assert back._dense is None
     np.testing.assert_array_equal(back.crop_masks.boxes, res.crop_masks.boxes)
     np.testing.assert_array_equal(back.masks, dense)
+
+
+def _assert_separated_cover(crops: CropMasks) -> None:
+    """Every instance's part boxes are tight, pairwise separated by an empty row or column, and hold all its pixels."""
+    dense = crops.dense()
+    for i in range(len(crops)):
+        parts = crops.part_boxes(i)
+        inside = np.zeros(crops.image_shape, bool)
+        for x1, y1, x2, y2 in parts.tolist():
+            piece = dense[i, y1:y2, x1:x2]
+            assert piece[0].any() and piece[-1].any() and piece[:, 0].any() and piece[:, -1].any(), "not tight"
+            inside[y1:y2, x1:x2] = True
+        assert not (dense[i] & ~inside).any(), "a pixel outside the parts"
+        for a in range(len(parts)):
+            for b in range(a + 1, len(parts)):
+                (ax1, ay1, ax2, ay2), (bx1, by1, bx2, by2) = parts[a], parts[b]
+                assert ax2 < bx1 or bx2 < ax1 or ay2 < by1 or by2 < ay1, f"parts {a} and {b} touch"
+
+
+def test_part_boxes_are_separated_and_cover_the_masks() -> None:
+    dense = _masks(300, 451, 5)
+    dense[1, 10:20, 10:20] = dense[1, 200:210, 400:440] = dense[1, 15:18, 300:310] = True  # three parts
+    crops = CropMasks.from_dense(dense)
+    _assert_separated_cover(crops)
+    assert len(crops.part_boxes(1)) == 3 and len(crops.part_boxes(2)) == 1
+    # Known parts travel with indexing, concatenation and pickling; old pickles find them again.
+    sub = CropMasks.concatenate([crops[[1, 3]], crops[5:]])
+    np.testing.assert_array_equal(sub.part_boxes(0), crops.part_boxes(1))
+    state = {k: v for k, v in pickle.loads(pickle.dumps(crops)).__dict__.items() if k != "_parts"}
+    old = CropMasks.__new__(CropMasks)
+    old.__setstate__(state)
+    np.testing.assert_array_equal(old.part_boxes(1), crops.part_boxes(1))
+    # The post-processing's parts (its windows' tight boxes) too, on masks of distant and side-by-side parts.
+    low = _adversarial(72, 128)
+    _, _, post = instances_from_pairs(np.ones(len(low), np.float32), np.zeros(len(low)), np.arange(len(low)), low,
+                                      (576, 1024), (576, 1024), (1080, 1920))  # fmt: skip
+    assert post._parts[0] is not None and max(len(post.part_boxes(i)) for i in range(len(post))) >= 2
+    _assert_separated_cover(post)
+
+
+def test_contours_found_part_by_part_are_the_whole_crops() -> None:
+    rng = np.random.default_rng(4)
+    several = 0
+    for _ in range(60):
+        coarse = rng.normal(size=(int(rng.integers(3, 9)), int(rng.integers(3, 9)))).astype(np.float32)
+        crop = cv2.resize(coarse, (int(rng.integers(20, 200)), int(rng.integers(20, 200)))) > 0.8
+        if not crop.any():
+            continue
+        masks = CropMasks.from_dense(crop[None])
+        x1, y1 = masks.boxes[0, :2].tolist()
+        whole = cv2.findContours(masks.crops[0].view(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE,
+                                 offset=(x1, y1))[0]  # fmt: skip
+        res = Results(masks, np.ones(1, np.float32), np.zeros(1, np.int64), ["a"])
+        image = rng.integers(0, 256, (*crop.shape, 3), dtype=np.uint8)
+        np.testing.assert_array_equal(res.draw(image), dense_draw(res, crop[None], image))
+        ours = _part_contours(masks, 0, masks.part_boxes(0).tolist())
+        assert len(ours) == len(whole) and all(np.array_equal(a, b) for a, b in zip(ours, whole))
+        several += len(masks.part_boxes(0)) > 1
+    assert several > 10, "masks of several parts were tested"

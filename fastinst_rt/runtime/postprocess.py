@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from .masks import CropMasks
-from .upsample import positive_window, windowable
+from .upsample import first_resize, upsample_parts, windowable
 
 __all__ = [
     "boxes_from_masks",
@@ -101,8 +101,9 @@ def instances_from_pairs(
 
     The score of a pair is its class probability * mask score, where the mask score is the mean sigmoid of the
     mask logits over the pixels whose logit is > 0 (0 for an empty mask), measured at the original size. Each
-    query's mask is upsampled once, however many classes it was kept with, and only inside the window that can
-    hold a logit > 0 (``upsample.positive_window``): the same masks and scores as upsampling the whole image.
+    query's mask is upsampled once, however many classes it was kept with, and only inside the separated windows
+    that can hold a logit > 0 (``upsample.upsample_parts``): the same masks and scores as upsampling the whole
+    image.
     """
     probs = np.asarray(scores, dtype=np.float32).reshape(-1)
     labels = np.asarray(labels).reshape(-1).astype(np.int64)
@@ -161,41 +162,75 @@ def _masks_and_scores(
 ) -> tuple[CropMasks, np.ndarray]:
     """(n, h, w) mask logits -> the binary masks at the original size as ``CropMasks`` (n), mask scores (n,) float32.
 
-    Only the window of each map that can hold a logit > 0 is upsampled (``upsample.positive_window``), with the
-    values of the whole-image path there; the whole map (``upsample_mask_logits``) where that cannot be guaranteed
-    or the window is most of the image.
+    Only the separated windows of each map that can hold a logit > 0 are upsampled (``upsample.upsample_parts``),
+    with the values of the whole-image path there; the whole map where that cannot be guaranteed or the windows
+    cover much of the image. The windows' tight boxes are kept as the masks' parts (``CropMasks.part_boxes``).
     """
     n = low.shape[0]
-    crops, boxes, mask_scores = [], np.zeros((n, 4), np.int64), np.empty(n, dtype=np.float32)
+    crops, parts, boxes = [], [], np.zeros((n, 4), np.int64)
+    mask_scores = np.empty(n, dtype=np.float32)
     fast = windowable(low.shape[1:], resized_size)
     for j in range(n):
-        found = positive_window(low[j], resized_size, padded_size, orig_size) if fast else None
-        if found is None:  # the whole map, as before (the window is too large, or cv2's values not guaranteed)
-            found = (
-                (0, 0, orig_size[1], orig_size[0]),
-                upsample_mask_logits(low[j : j + 1], resized_size, padded_size, orig_size)[0],
-            )
-        crop, boxes[j], mask_scores[j] = _crop_and_score(*found)
+        found = None
+        if fast:
+            up = first_resize(low[j], resized_size, padded_size)
+            found = upsample_parts(up, orig_size)
+            if found is None:  # windows too large: cv2's second step on the whole map, the same call as before
+                found = [((0, 0, orig_size[1], orig_size[0]), _resize(up, orig_size))]
+        if found is None:  # cv2's values not guaranteed by the emulation: the whole-image path
+            whole = upsample_mask_logits(low[j : j + 1], resized_size, padded_size, orig_size)[0]
+            found = [((0, 0, orig_size[1], orig_size[0]), whole)]
+        crop, boxes[j], part_boxes, positive = _crop_and_parts(found)
         crops.append(crop)
-    return CropMasks(crops, boxes, orig_size), mask_scores
+        parts.append(part_boxes)
+        mask_scores[j] = _mask_score(positive)
+    return CropMasks(crops, boxes, orig_size, parts=parts), mask_scores
 
 
-def _crop_and_score(window: tuple[int, int, int, int], logit: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """Upsampled logits (h, w) at ``window`` (x1, y1, x2, y2) -> tight bool crop, its box (4,) int64 in the image,
-    and the mask score: the mean sigmoid over the pixels > 0, as the official code (0 for an empty mask)."""
-    binary = logit > 0  # == sigmoid > 0.5, strict as in the official code
-    rows, cols = np.flatnonzero(binary.any(axis=1)), np.flatnonzero(binary.any(axis=0))
-    if rows.size == 0:
-        return np.zeros((0, 0), bool), np.zeros(4, np.int64), 0.0
-    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-    crop = binary[r0:r1, c0:c1].copy()
-    # Only positive pixels count (the official sum multiplies by the binary mask); they are those of the crop, in
-    # the same (row-major) order as in the whole image, so the float64 sum is the same. float64 avoids float32
-    # drift over ~1e5 terms.
-    positive = logit[r0:r1, c0:c1][crop].astype(np.float64)
-    score = float((1.0 / (1.0 + np.exp(-positive))).sum() / (positive.size + 1e-6))
-    box = np.array([window[0] + c0, window[1] + r0, window[0] + c1, window[1] + r1], np.int64)
-    return crop, box, score
+def _crop_and_parts(
+    found: list[tuple[tuple[int, int, int, int], np.ndarray]],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Upsampled logits on separated windows [((x1, y1, x2, y2), (h, w) float32)] -> the mask's tight bool crop,
+    its box (4,) int64, its parts (k, 4) int64 (each window's tight box, image coordinates) and the (P,) float32
+    logits of its positive pixels in the row-major order of the whole image."""
+    pieces = []  # (tight box, binary, logits) of each window with a positive pixel
+    for (wx1, wy1, _, _), logit in found:
+        binary = logit > 0  # == sigmoid > 0.5, strict as in the official code
+        rows, cols = np.flatnonzero(binary.any(axis=1)), np.flatnonzero(binary.any(axis=0))
+        if rows.size:
+            r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+            box = (wx1 + c0, wy1 + r0, wx1 + c1, wy1 + r1)
+            pieces.append((box, binary[r0:r1, c0:c1], logit[r0:r1, c0:c1]))
+    if not pieces:
+        return np.zeros((0, 0), bool), np.zeros(4, np.int64), np.zeros((0, 4), np.int64), np.zeros(0, np.float32)
+    part_boxes = np.array([p[0] for p in pieces], np.int64)
+    box = np.concatenate([part_boxes[:, :2].min(axis=0), part_boxes[:, 2:].max(axis=0)])
+    if len(pieces) == 1:
+        binary, logit = pieces[0][1:]
+        return binary.copy(), box, part_boxes, logit[binary]
+    crop = np.zeros((box[3] - box[1], box[2] - box[0]), bool)
+    for (x1, y1, x2, y2), binary, _ in pieces:
+        crop[y1 - box[1] : y2 - box[1], x1 - box[0] : x2 - box[0]] = binary
+    pieces.sort(key=lambda p: p[0][1])
+    if all(a[0][3] <= b[0][1] for a, b in zip(pieces, pieces[1:])):  # parts one below the other: row-major order
+        return crop, box, part_boxes, np.concatenate([logit[binary] for _, binary, logit in pieces])
+    # Parts side by side share rows: gather the positives through a box-sized buffer, in the image's order.
+    values = np.empty(crop.shape, np.float32)  # only the parts are written, and only positives are read
+    for (x1, y1, x2, y2), _, logit in pieces:
+        values[y1 - box[1] : y2 - box[1], x1 - box[0] : x2 - box[0]] = logit
+    return crop, box, part_boxes, values[crop]
+
+
+def _mask_score(positive: np.ndarray) -> float:
+    """The mask score of the (P,) float32 positive logits, in the whole image's row-major order: their mean sigmoid,
+    as the official code (0 for an empty mask). float64 avoids float32 drift over ~1e5 terms; the operations are
+    those of the whole-image path, in place, and the array the same, so the (pairwise) sum is the same."""
+    p = positive.astype(np.float64)
+    np.negative(p, out=p)
+    np.exp(p, out=p)
+    p += 1.0
+    np.divide(1.0, p, out=p)
+    return float(p.sum() / (p.size + 1e-6))
 
 
 def _rank(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import colorsys
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Union
 
 import cv2
@@ -237,6 +238,7 @@ class Results:
             raise ValueError(f"alpha must be in [0, 1], got {alpha}")
         out = np.array(image, order="C", copy=True)
         thick = max(1, round(min(self.orig_shape) / 400))
+        contours: dict[int, list[np.ndarray]] = {}  # id of a crop -> its contours: a mask kept for several classes
         # Lowest score first, so the most confident instances end up on top.
         for i in np.argsort(self.scores, kind="stable"):
             x1, y1, x2, y2 = (int(v) for v in self.boxes[i])
@@ -245,13 +247,7 @@ class Results:
             ids = self.track_ids
             rgb = _class_color(int(ids[i]) if ids is not None else int(self.labels[i]))
             col = rgb[::-1] if color == "bgr" else rgb
-            # Work inside the box only, on the mask's crop (``boxes`` may differ from the masks' boxes, e.g. a
-            # tracker's body boxes: then the mask inside ``boxes``, as drawn before).
-            m = self.crop_masks.region(i, (x1, y1, x2, y2)).view(np.uint8)  # bool is 0/1 bytes: no copy
-            region = out[y1:y2, x1:x2]
-            cv2.copyTo(cv2.LUT(region, _blend_table(col, alpha)), m, region)  # the blend where the mask is set
-            contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE, offset=(x1, y1))
-            cv2.drawContours(out, contours, -1, col, thick, cv2.LINE_AA)
+            _draw_mask(out, self.crop_masks, int(i), (x1, y1, x2, y2), col, alpha, thick, contours)
             if show_labels:
                 cv2.rectangle(out, (x1, y1), (x2 - 1, y2 - 1), col, thick)
                 prefix = f"#{ids[i]} " if ids is not None else ""
@@ -265,6 +261,53 @@ class Results:
         return out
 
 
+def _draw_mask(
+    out: np.ndarray,
+    masks: CropMasks,
+    i: int,
+    box: tuple[int, int, int, int],
+    col: tuple[int, int, int],
+    alpha: float,
+    thick: int,
+    cache: dict[int, list[np.ndarray]],
+) -> None:
+    """Blend mask ``i`` into ``out`` (H, W, 3) uint8 and draw its outer contours, as the whole-image draw did.
+
+    On the mask's separated parts (``CropMasks.part_boxes``) when ``box`` is its own box: the blend touches only the
+    parts' boxes, and ``findContours`` on each part finds the contours of the whole crop (no contour crosses two
+    parts, none lies in another's hole), put back in cv2's order: by first point (the top-left pixel of the
+    contour, where the raster scan meets it), last first. Otherwise (``boxes`` that are not the masks', e.g. a
+    tracker's body boxes) the mask inside ``box``, as before.
+    """
+    crop, own = masks.crop(i)
+    parts = masks.part_boxes(i).tolist() if own == box else [list(box)]
+    table = _blend_table(col, alpha)
+    for px1, py1, px2, py2 in parts:
+        m = masks.region(i, (px1, py1, px2, py2)).view(np.uint8)  # bool is 0/1 bytes: no copy
+        region = out[py1:py2, px1:px2]
+        cv2.copyTo(cv2.LUT(region, table), m, region)  # the blend where the mask is set
+    found = cache.get(id(crop)) if own == box else None
+    if found is None:
+        found = _part_contours(masks, i, parts)
+        if own == box:
+            cache[id(crop)] = found
+    cv2.drawContours(out, found, -1, col, thick, cv2.LINE_AA)
+
+
+def _part_contours(masks: CropMasks, i: int, parts: list[list[int]]) -> list[np.ndarray]:
+    """The outer contours ((P, 1, 2) int32 image coordinates each) of mask ``i`` inside the separated boxes
+    ``parts``, in the order of ``findContours`` on the whole box: by first point (the top-left pixel of the
+    contour, where the raster scan meets it), last first."""
+    found: list[np.ndarray] = []
+    for px1, py1, px2, py2 in parts:
+        m = masks.region(i, (px1, py1, px2, py2)).view(np.uint8)
+        found.extend(cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE, offset=(px1, py1))[0])
+    if len(parts) > 1:
+        found.sort(key=lambda c: (int(c[0, 0, 1]), int(c[0, 0, 0])), reverse=True)
+    return found
+
+
+@lru_cache(maxsize=256)
 def _blend_table(col: tuple[int, int, int], alpha: float) -> np.ndarray:
     """(256, 1, 3) uint8: ``v * (1 - alpha) + col * alpha`` rounded, per channel, for every value v of a pixel.
 
@@ -272,9 +315,12 @@ def _blend_table(col: tuple[int, int, int], alpha: float) -> np.ndarray:
     mask costs a table lookup per pixel (``cv2.LUT``) instead of float arithmetic on fancy-indexed copies.
     """
     v = np.arange(256, dtype=np.uint8)[:, None]
-    return (v * (1.0 - alpha) + np.array(col) * alpha + 0.5).astype(np.uint8)[:, None, :]
+    table = (v * (1.0 - alpha) + np.array(col) * alpha + 0.5).astype(np.uint8)[:, None, :]
+    table.flags.writeable = False  # cached (a few colours per frame) and shared
+    return table
 
 
+@lru_cache(maxsize=1024)
 def _class_color(label: int) -> tuple[int, int, int]:
     """A fixed, well-spread RGB colour per class: hues stepped by the golden ratio, alternating brightness."""
     hue = (label * 0.618033988749895) % 1.0
