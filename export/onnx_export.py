@@ -42,13 +42,12 @@ from fastinst_rt.zoo import DEFAULT_TEST_SIZE
 from . import quantize
 from .checks import Agreement, check_graph, graph_opset
 from .deploy import MASK_STRIDE, DeployModel, fp16_regions
+from .int8_export import INT8_JUDGED, Calibration, quantize_within_gate
 from .padding import COMPONENTS as PADDING_COMPONENTS
-from .verify import SIMPLIFY_TOL, gate_inputs, judge_half, judge_reduced, simplify_graph, verify_graph, verify_reduced
+from .verify import SIMPLIFY_TOL, gate_inputs, judge_half, simplify_graph, verify_graph, verify_reduced
 
 __all__ = ["export_onnx", "plan_export", "ExportPlan", "parse_imgsz", "default_imgsz"]
 
-_INT8_JUDGED = 4  # images beyond the calibration ones that judge an INT8 graph
-_INT8_FALLBACK_REGIONS = 2  # regions an INT8 graph may leave in float32 to pass its gate
 _FP16_FALLBACK_REGIONS = 2  # regions an FP16 graph may leave in float32 to pass its gate
 
 DEFAULT_OPSET = 19  # ONNX DeformConv; TensorRT >= 10.1 and ONNX Runtime >= 1.25
@@ -183,6 +182,7 @@ def export_onnx(
     calib: str | os.PathLike | None = None,
     calib_images: int = 32,
     calib_method: str = "percentile",
+    calib_cache: str | os.PathLike | None = None,
     progress: bool = True,
     mask_padding: bool = True,
 ) -> Path:
@@ -209,6 +209,8 @@ def export_onnx(
         calib: folder of calibration images (real images of the deployment's domain); needed with ``int8``.
         calib_images: how many of them (sorted by path) to calibrate on.
         calib_method: activation-range calibration, one of ``quantize.CALIB_METHODS``.
+        calib_cache: with ``calib``, write the calibration here (``export.calibration_cache``); without it, rebuild
+            the INT8 graph from this file alone, byte for byte the one the calibrated export wrote.
         progress: print the steps to stderr.
         mask_padding: a static graph masks each image's padding beyond its valid size rounded up to /32, so that
             it gives the dynamic graph's instances on any aspect ratio (``export.padding``); False only to measure
@@ -216,19 +218,20 @@ def export_onnx(
 
     FP16 and INT8 graphs are judged on their final instances against the FP32 model (``verify.verify_reduced``)
     and refused past ``checks.TOLERANCES``; nothing is written then. Before that, either falls back to leaving up to
-    two regions of the network in float32 when its weights need it (``_fp16_float32_regions``, ``_quantize``); the
+    two regions of the network in float32 when its weights need it (``_fp16_float32_regions``, ``int8_export``); the
     metadata names them (``fp16.float32_regions``, ``quantization.float32_regions``).
     """
     start = time.perf_counter()
     output = check_writable(output, "output")  # before the model is loaded and traced
-    if int8 and (fp16 or dcn_plugin or calib is None):
-        raise ValueError("--int8 quantizes an FP32 ONNX Runtime graph: it needs --calib DIR and excludes --fp16 and "
+    if int8 and (fp16 or dcn_plugin or (calib is None and calib_cache is None)):
+        raise ValueError("--int8 quantizes an FP32 ONNX Runtime graph: it needs --calib DIR (or --calib-cache FILE) "
+                         "and excludes --fp16 and "
                          "--dcn-plugin")  # fmt: skip
     if int8 and calib_method not in quantize.CALIB_METHODS:
         raise ValueError(f"unknown calibration method {calib_method!r}; expected one of {quantize.CALIB_METHODS}")
     # Checked before the long trace. Up to 4 images beyond the calibration ones judge the INT8 graph (in the
     # deployment's domain: an INT8 graph is only calibrated for it); without them, the last calibration images.
-    files = quantize.calibration_images(calib, calib_images + _INT8_JUDGED) if int8 else []
+    files = quantize.calibration_images(calib, calib_images + INT8_JUDGED) if int8 and calib is not None else []
     net, info = _load(model, info, progress)
     plan = plan_export(net, info, imgsz=imgsz, dynamic=dynamic, min_size=min_size, max_size=max_size, batch=batch,
                        fp16=fp16, raw=raw, opset=opset, max_det=max_det, dcn_plugin=dcn_plugin, simplify=simplify,
@@ -255,7 +258,8 @@ def export_onnx(
         else:
             verify_graph(proto, wrapper, images, sizes, progress)
         if int8:
-            proto = _quantize(proto, wrapper, (images, sizes), plan, files, calib_images, calib_method)
+            calibration = Calibration(files, calib_images, calib_method, Path(calib_cache) if calib_cache else None)
+            proto = quantize_within_gate(proto, wrapper, (images, sizes), plan, calibration)
     else:
         _log(
             progress, "not verified: ONNX Runtime cannot run the TensorRT plugin nodes (checked by the graph lint only)"
@@ -305,65 +309,6 @@ def _fp16_float32_regions(
     if kept:
         _log(plan.progress, f"fp16: {', '.join(kept)} left in float32 to pass the gate")
     return kept
-
-
-def _quantize(
-    proto: onnx.ModelProto, wrapper: DeployModel, example: tuple, plan: ExportPlan, files: list, n: int, method: str
-) -> onnx.ModelProto:
-    """The verified FP32 graph as INT8 Q/DQ (calibrated on ``files[:n]``), linted, its instances against the FP32
-    torch wrapper's on the tracing example and the images after the calibration ones.
-
-    A graph that breaks the INT8 tolerances is made again with one more region of convolutions left in float32
-    (``quantize.conv_regions``), the one whose fallback breaks the fewest tolerances with the smallest mean score
-    difference, up to ``_INT8_FALLBACK_REGIONS`` regions; then it is refused. Which regions a model's weights need in
-    float is a property of those weights: a fine-tuned bundled model needed one where its parent needed none
-    (benchmarks/README.md, result 11). The ranges are calibrated once for all the tries.
-    """
-    from fastinst_rt.runtime.preprocess import load_image, prepare
-
-    inputs = [example]
-    for path in files[n:] or files[-_INT8_JUDGED:]:
-        batch, sizes, _ = prepare([load_image(path, "rgb")] * example[0].shape[0], *plan.test_size,
-                                  SIZE_DIVISIBILITY, None if plan.dynamic else plan.size)  # fmt: skip
-        inputs.append((torch.from_numpy(batch), torch.from_numpy(sizes)))
-    regions = quantize.conv_regions(proto)
-    with tempfile.TemporaryDirectory() as tmp, quantize.quiet_repeats():
-        ranges = quantize.calibrate(proto, files[:n], os.path.join(tmp, "ranges.json"), method, progress=plan.progress)
-        return _quantize_within_tolerances(proto, wrapper, inputs, regions, files[:n], method, ranges, plan)
-
-
-def _quantize_within_tolerances(
-    proto: onnx.ModelProto, wrapper: DeployModel, inputs: list, regions: dict[str, list[str]], files: list,
-    method: str, ranges: Path, plan: ExportPlan,
-) -> onnx.ModelProto:  # fmt: skip
-    """``_quantize``'s search: the INT8 graph with the fewest regions left in float32 that passes the gate."""
-
-    def attempt(kept: tuple[str, ...], progress: bool) -> tuple[onnx.ModelProto, Agreement, list[str], tuple[str, ...]]:
-        nodes = quantize.quantizable_nodes(proto, keep_float=[c for r in kept for c in regions[r]])
-        graph = quantize.quantize_onnx(proto, files, method=method, nodes=nodes, float_regions=kept, ranges=ranges,
-                                       progress=progress)  # fmt: skip
-        agreement, problems = judge_reduced(graph, wrapper, inputs, "int8", progress)
-        if kept:
-            _log(plan.progress, f"int8 with {', '.join(kept)} in float32 ({len(nodes)} nodes quantized): "
-                                f"mean score diff {agreement.mean_score_diff:.3f}, {len(problems)} broken")  # fmt: skip
-        return graph, agreement, problems, kept
-
-    graph, _, problems, kept = attempt((), plan.progress)
-    while problems and len(kept) < min(_INT8_FALLBACK_REGIONS, len(regions)):
-        _log(plan.progress, "int8 breaks its tolerances (" + "; ".join(problems) + "): trying each region in float32")
-        tries = [attempt((*kept, r), False) for r in regions if r not in kept]
-        graph, _, problems, kept = min(tries, key=lambda t: (len(t[2]), t[1].mean_score_diff))
-    if problems:
-        also = f"; also with {', '.join(kept)} left in float32" if kept else ""
-        advice = (f"What to change: calibrate on more images like those the model will see ({len(files)} used: "
-                  "--calib DIR, --calib-images N), try --calib-method entropy, or export --fp16")  # fmt: skip
-        raise RuntimeError("the int8 graph loses accuracy against FP32: " + "; ".join(problems) + also + ". " + advice)
-    if kept:
-        _log(plan.progress, f"int8: {', '.join(kept)} left in float32 to pass the gate")
-    lint = check_graph(graph, opset=plan.opset, fixed=not plan.dynamic)
-    if lint:
-        raise RuntimeError("the INT8 graph is not deployable:\n  " + "\n  ".join(lint))
-    return graph
 
 
 def _trace(wrapper: DeployModel, images: torch.Tensor, sizes: torch.Tensor, plan: ExportPlan) -> onnx.ModelProto:

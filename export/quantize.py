@@ -218,6 +218,7 @@ def quantize_onnx(
     op_types: Sequence[str] = ("Conv", "Add"),
     float_regions: Sequence[str] = (),
     ranges: str | os.PathLike | None = None,
+    images: int | None = None,
     progress: bool = True,
 ) -> onnx.ModelProto:
     """The INT8 Q/DQ form of an FP32 fastinst-rt graph, calibrated on ``files``; metadata copied, precision int8.
@@ -230,6 +231,7 @@ def quantize_onnx(
         op_types: the op types ``nodes`` may hold (the sensitivity pass also tries Gemm and MatMul).
         float_regions: the ``conv_regions`` that ``nodes`` leaves in float32, recorded in the metadata.
         ranges: a ``calibrate`` file of the same ``method`` (default: calibrate on ``files`` first).
+        images: the calibration images ``ranges`` came from, for the metadata (default ``len(files)``).
     """
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
@@ -256,8 +258,8 @@ def quantize_onnx(
         out = onnx.load(dst)
     float_convs_read_float(out)
     del out.metadata_props[:]
-    quant = {"method": method, "calibration_images": len(files), "quantized_nodes": len(nodes),
-             "float32_regions": list(float_regions), "tool": _tool()}  # fmt: skip
+    quant = {"method": method, "calibration_images": len(files) if images is None else images,
+             "quantized_nodes": len(nodes), "float32_regions": list(float_regions), "tool": _tool()}  # fmt: skip
     int8 = dataclasses.replace(meta, precision="int8", extra={**meta.extra, "quantization": quant})
     for key, value in int8.to_props().items():
         out.metadata_props.add(key=key, value=value)

@@ -115,7 +115,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         args.model, args.output, imgsz=args.imgsz, dynamic=args.dynamic, min_size=args.min_size,
         max_size=args.max_size, batch=args.batch, fp16=args.fp16, raw=args.raw, opset=args.opset,
         max_det=args.max_det, dcn_plugin=args.dcn_plugin, simplify=not args.no_simplify, int8=args.int8,
-        calib=args.calib, calib_images=args.calib_images, calib_method=args.calib_method, progress=True,
+        calib=args.calib, calib_images=args.calib_images, calib_method=args.calib_method, calib_cache=args.calib_cache,
+        progress=True,
     )  # fmt: skip
     return 0
 

@@ -179,6 +179,8 @@ def _add_artifact_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calib-method", choices=("percentile", "entropy", "minmax"), default="percentile",
                    help="activation-range calibration (default percentile, 99.999; entropy: TensorRT's KL search, "
                         "2048 bins into 128)")  # fmt: skip
+    p.add_argument("--calib-cache", metavar="FILE", help="with --calib: write the INT8 calibration here; without: "
+                   "rebuild the same INT8 graph from it, no images needed")  # fmt: skip
 
     p = sub.add_parser("build", help="build a TensorRT engine from an exported ONNX file, on this GPU")
     p.add_argument("onnx", help="the .onnx file from `fastinst-rt export`")

@@ -43,7 +43,11 @@ def _predict(args: argparse.Namespace) -> Paths:
 def _export(args: argparse.Namespace) -> Paths:
     if Path(args.output).suffix.lower() != ".onnx":
         raise ValueError(f"--output {args.output} must end in .onnx (the file type picks the backend that runs it)")
-    return _model("the model", args.model) + reads("--calib", args.calib), _files(output=args.output)
+    read = _model("the model", args.model) + reads("--calib", args.calib)
+    cache = getattr(args, "calib_cache", None)
+    if cache and not args.calib:  # rebuilt from the cache: read
+        return read + reads("--calib-cache", cache), _files(output=args.output)
+    return read, _files(output=args.output, calib_cache=cache)
 
 
 def _build(args: argparse.Namespace) -> Paths:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -445,3 +446,23 @@ def test_int8_cli_mistakes_are_one_line(tmp_path: Path, capsys) -> None:
     assert "no images" in err and len(err.splitlines()) == 1 and not (tmp_path / "x.onnx").exists()
     with pytest.raises(ValueError, match="positive"):
         calibration_images(tmp_path, 0)
+
+
+def test_a_calibration_cache_rebuilds_the_identical_int8_graph_without_images(tmp_path: Path, capsys) -> None:
+    """``export --int8 --calib DIR --calib-cache F`` writes the ranges; ``--calib-cache F`` alone (no images, the
+    folder deleted) rebuilds the same graph byte for byte; a cache of another graph is refused."""
+    from fastinst_rt.training.synth import make_synthetic_dataset
+
+    calib = make_synthetic_dataset(tmp_path / "calib", 12, seed=3).parent / "images"
+    cache, first, second = tmp_path / "demo.calib.json", tmp_path / "a.onnx", tmp_path / "b.onnx"
+    common = ["export", "fastinst-demo", "--imgsz", "256x320", "--int8", "--calib-cache", str(cache)]
+    assert main([*common, "-o", str(first), "--calib", str(calib), "--calib-images", "8"]) == 0
+    data = json.loads(cache.read_text())
+    assert data["format"] == "fastinst-rt calibration" and data["version"] == 1 and data["images"] == 8
+    shutil.rmtree(calib.parent)
+    assert main([*common, "-o", str(second)]) == 0
+    assert second.read_bytes() == first.read_bytes()
+    capsys.readouterr()
+    assert main(["export", "fastinst-demo", "--imgsz", "256x352", "--int8", "--calib-cache", str(cache), "-o",
+                 str(tmp_path / "c.onnx")]) == 2  # fmt: skip
+    assert "calibrated on another graph" in capsys.readouterr().err and not (tmp_path / "c.onnx").exists()
