@@ -36,6 +36,10 @@ __all__ = [
     "Stage", "StreamError", "StreamStats", "check_stream_options", "run_stages", "segment_stream", "segmenter_stages",
 ]  # fmt: skip
 
+# Cores a pipelined stream leaves to its stages beside inference (decode, resize, post-processing, RLE, drawing and
+# encoding): measured on 2 cores, where PyTorch's second thread doubled inference time and made the pipeline 0.65x
+# the sequential run (benchmarks/README.md, result 13).
+PIPELINE_RESERVED_CORES = 1
 _JOIN_TIMEOUT = 60.0  # seconds; a stage that is inside one long backend call is waited for, never abandoned early
 _POLL = 0.05  # seconds between checks of the stop event in blocking waits
 
@@ -369,6 +373,8 @@ def segment_stream(
     realtime = src.live if realtime is None else realtime
     stages = segmenter_stages(seg, conf, skip_bad) + list(extra_stages)
     own = src is not source  # a Source handed in is the caller's to close
+    # The backend sizes its thread pool to the cores the other stages leave it; sequential runs take them all.
+    seg.backend.reserve_cores(PIPELINE_RESERVED_CORES if pipeline else 0)
     try:
         packets = run_stages(src.frames(vid_stride), stages, batch=batch, realtime=realtime, pipeline=pipeline,
                              queue_size=queue_size, stats=stats)  # fmt: skip
