@@ -1,12 +1,12 @@
 """Pipelined against sequential: the full job ``predict VIDEO --save DIR --json F`` on one video, interleaved.
 
 Runs ``fastinst_rt.jobs.predict.predict_source`` (decode, pre-process, inference, post-process, RLE, draw + H.264
-encode, COCO JSON or JSON Lines) in alternation, so a load that comes and goes hits every mode alike: pipelined
-(the backend leaves ``stream.PIPELINE_RESERVED_CORES`` cores to the other stages), with ``--reserve0`` also pipelined
-with that set to 0 (the backend keeps every core: the behaviour before), and sequential; the model is loaded once
-per model and warmed up first. Records per run the wall time and each stage's busy time per frame, compares the
-JSON of every mode with the sequential run's (identical text, else the largest score difference and whether the
-masks' RLE agree), and reports how close the pipelined run came to its slowest stage (1.0 is the ideal).
+encode, COCO JSON or JSON Lines) in alternation, so a load that comes and goes hits every mode alike: pipelined and
+sequential (the backend leaves ``stream.PIPELINE_RESERVED_CORES`` cores to the other work in both), and with
+``--reserve0`` both again with that set to 0 (the backend keeps every core: the behaviour before); the model is
+loaded once per model and warmed up first. Records per run the wall time and each stage's busy time per frame,
+compares the JSON of every mode with the sequential run's (identical text, else the largest score difference and
+whether the masks' RLE agree), and reports how close the pipelined run came to its slowest stage (1.0 is the ideal).
 
     python benchmarks/stream_pipeline.py --video v.mp4 --model demo.onnx --label demo --rounds 3 --out results/x
     python benchmarks/stream_pipeline.py --video v.mp4 --model fastinst-demo --label demo-torch --reserve0 ...
@@ -28,8 +28,8 @@ from fastinst_rt.jobs.bench import machine_info
 from fastinst_rt.jobs.predict import predict_source
 from fastinst_rt.runtime import stream
 
-MODES = {"pipelined": (True, stream.PIPELINE_RESERVED_CORES), "pipelined_reserve0": (True, 0),
-         "sequential": (False, 0)}  # fmt: skip
+MODES = {"pipelined": (True, stream.PIPELINE_RESERVED_CORES), "sequential": (False, stream.PIPELINE_RESERVED_CORES),
+         "pipelined_reserve0": (True, 0), "sequential_reserve0": (False, 0)}  # fmt: skip
 
 
 def one_run(seg: Segmenter, video: str, mode: str, work: Path, save: bool, suffix: str) -> dict:
@@ -136,12 +136,12 @@ def main() -> None:
     ap.add_argument("--label", action="append", required=True)
     ap.add_argument("--backend")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--reserve0", action="store_true", help="also run pipelined with no cores reserved (as before)")
+    ap.add_argument("--reserve0", action="store_true", help="also run both modes with no cores reserved (as before)")
     ap.add_argument("--no-save", action="store_true", help="without --save DIR (no drawing, no encoding)")
     ap.add_argument("--jsonl", action="store_true", help="--json F.jsonl instead of COCO JSON")
     ap.add_argument("--out", required=True, help="path prefix: writes .json, .md and .png")
     args = ap.parse_args()
-    modes = ["pipelined", *(["pipelined_reserve0"] if args.reserve0 else []), "sequential"]
+    modes = ["pipelined", "sequential", *(["pipelined_reserve0", "sequential_reserve0"] if args.reserve0 else [])]
     suffix = ".jsonl" if args.jsonl else ".json"
     load_start = os.getloadavg()
     results = [compare(m, v, args.rounds, args.backend, lab, modes, not args.no_save, suffix)
