@@ -76,7 +76,8 @@ def main() -> None:
         summary = predict_source(seg, LoopedVideo(args.video, args.frames, samples), Path(tmp) / "out",
                                  Path(tmp) / "res.jsonl", progress=False)  # fmt: skip
         wall = time.perf_counter() - start
-        out_video_mb = (Path(tmp) / "out" / "video.mp4").stat().st_size / 2**20
+        # The annotated video is named after the source (video.mp4 for a synth video, <stem>.mp4 otherwise).
+        out_video_mb = sum(f.stat().st_size for f in (Path(tmp) / "out").glob("*.mp4")) / 2**20
     at = {i: r for i, r, _ in samples}
     start = args.rss_from
     growth = samples[-1][1] - at[start]
