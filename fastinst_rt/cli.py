@@ -42,7 +42,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     seg = Segmenter(
         args.model, backend=args.backend, device=args.device, conf=args.conf, max_det=args.max_det,
-        min_size=args.min_size, max_size=args.max_size, half=args.half,
+        min_size=args.min_size, max_size=args.max_size, half=args.half, resize=_resize(args),
     )  # fmt: skip
     options = dict(pipeline=not args.no_pipeline, batch=args.batch, vid_stride=args.vid_stride,
                    realtime=args.realtime, timeout=args.timeout, progress=not args.quiet, save_txt=args.save_txt,
@@ -57,6 +57,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     else:
         summary, metrics = predict_source(seg, args.source, args.save, args.json, **options), None
     return _report(summary, metrics, args)
+
+
+def _resize(args: argparse.Namespace, default: str | None = None) -> str:
+    """``--resize``, or the command's default where it is not given (``segmenter.DEFAULT_RESIZE`` unless named)."""
+    from .runtime.segmenter import DEFAULT_RESIZE
+
+    return getattr(args, "resize", None) or default or DEFAULT_RESIZE
 
 
 def _report(summary: Any, metrics: dict | None, args: argparse.Namespace) -> int:
@@ -93,6 +100,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
     with open_backend(args.model, args.backend, device=args.device or "cpu") as backend:
         info = backend.describe()
+    # What the commands that run the model do with it before the network: their test-time resize.
+    info["resize"] = {"predict, track, serve, bench": _resize(args), "eval": "exact"}
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -226,7 +235,8 @@ def _segmenters(args: argparse.Namespace) -> list[tuple[str, Segmenter]]:
     pairs = [(m, b) for m in args.models for b in backends]
     return [
         (Path(m).name, Segmenter(open_backend(m, b, args.device, args.half, cuda_graph=args.cuda_graph),
-                                 conf=args.conf, max_det=args.max_det, min_size=args.min_size, max_size=args.max_size))
+                                 conf=args.conf, max_det=args.max_det, min_size=args.min_size, max_size=args.max_size,
+                                 resize=_resize(args)))
         for m, b in pairs
     ]  # fmt: skip
 
@@ -256,7 +266,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .runtime.segmenter import Segmenter
 
     seg = Segmenter(args.model, backend=args.backend, device=args.device, conf=args.conf, max_det=args.max_det,
-                    min_size=args.min_size, max_size=args.max_size, half=args.half)  # fmt: skip
+                    min_size=args.min_size, max_size=args.max_size, half=args.half,
+                    resize=_resize(args, "exact"))  # fmt: skip  # AP is measured on the official pixels
     result = evaluate_coco(seg, args.coco_json, args.images, args.max_images, args.json, progress=not args.quiet)
     for kind in ("segm", "bbox"):
         stats = ", ".join(f"{k} {v:.1f}" if v is not None else f"{k} -" for k, v in result[kind].items())

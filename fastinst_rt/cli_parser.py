@@ -12,7 +12,7 @@ from .serving import cli as serving_cli
 
 __all__ = [
     "build_parser", "add_model_options", "IntRange", "FloatRange", "positive_int", "non_negative_int", "seed_int",
-    "resize_side", "fraction", "positive_float", "non_negative_float",
+    "resize_side", "fraction", "positive_float", "non_negative_float", "add_resize_option",
 ]  # fmt: skip
 
 
@@ -96,6 +96,15 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-size", type=resize_side, help=f"test-time long-side cap, {resize_side.text} (default: the model's)"
     )
+    add_resize_option(p)
+
+
+def add_resize_option(p: argparse.ArgumentParser) -> None:
+    """``--resize exact|fast``: the test-time resize (``preprocess.RESIZE_MODES``); each command resolves None to
+    its default (``eval``: exact, the others: ``segmenter.DEFAULT_RESIZE``)."""
+    p.add_argument("--resize", choices=("exact", "fast"), help="test-time resize: exact (the official PIL bilinear, "
+                   "for parity) or fast (box halvings of a large frame first, same pixels under a 4x shrink); "
+                   "default fast, exact for eval")  # fmt: skip
 
 
 class _Parser(argparse.ArgumentParser):
@@ -277,6 +286,7 @@ def _add_measure_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cuda-graph", action="store_true", help="replay CUDA graphs (torch and TensorRT on CUDA)")
     p.add_argument("--min-size", type=resize_side, help=f"test-time short side, {resize_side.text}")
     p.add_argument("--max-size", type=resize_side, help=f"test-time long-side cap, {resize_side.text}")
+    add_resize_option(p)
     p.add_argument("--json", metavar="FILE", help="write {'machine', 'runs': [...]} here")
     p.add_argument("--plot", metavar="FILE.png", help="write a chart comparing the runs")
 

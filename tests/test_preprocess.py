@@ -251,3 +251,43 @@ def test_prepare_real_photos():
     np.testing.assert_array_equal(batch[1, :, :569, :853], resize_image(images[1], (569, 853)).transpose(2, 0, 1))
     with pytest.raises(AttributeError):
         infos[0].orig_size = (1, 1)  # frozen
+
+
+# ---- the fast resize ------------------------------------------------------------------------------------------------
+
+
+def _camera_frame(h: int, w: int) -> np.ndarray:
+    import cv2
+
+    return cv2.resize(data.astronaut(), (w, h), interpolation=cv2.INTER_CUBIC)  # a real photo at camera size
+
+
+@pytest.mark.parametrize("hw, size", [((512, 512), (256, 256)), ((300, 451), (640, 962)), ((1080, 1350), (300, 375))])
+def test_fast_resize_is_exact_under_a_4x_shrink(hw, size):
+    # No halving happens until an image is 4x the target on both axes: the official pixels, byte for byte.
+    image = _camera_frame(*hw)
+    np.testing.assert_array_equal(resize_image(image, size, "fast"), resize_image(image, size, "exact"))
+
+
+def test_fast_resize_of_a_camera_frame_is_pils_reducing_gap_and_close_to_exact():
+    frame = _camera_frame(1080, 1920)
+    fast, exact = resize_image(frame, (192, 341), "fast"), resize_image(frame, (192, 341), "exact")
+    # One 2x2 box halving, then the official bilinear: what PIL computes with reducing_gap=2 (factor 2 here).
+    pil_gap = np.asarray(Image.fromarray(frame).resize((341, 192), Image.BILINEAR, reducing_gap=2.0))
+    np.testing.assert_array_equal(fast, pil_gap)
+    diff = np.abs(fast.astype(int) - exact)
+    assert fast.shape == (192, 341, 3) and 0 < diff.mean() < 0.5 and diff.max() <= 8
+    odd = frame[:1079, :1919]  # odd sides are never halved (a 2x2 box would shift the geometry)
+    np.testing.assert_array_equal(resize_image(odd, (192, 341), "fast"), resize_image(odd, (192, 341), "exact"))
+
+
+def test_resize_mode_is_checked():
+    image = data.astronaut()
+    with pytest.raises(ValueError, match="resize must be one of exact, fast, got 'area'"):
+        resize_image(image, (256, 256), "area")
+    with pytest.raises(ValueError, match="resize must be one of exact, fast"):
+        prepare([image], 256, 341, resize="linear")
+    fast = prepare([_camera_frame(1080, 1920)], 256, 341, resize="fast")
+    exact = prepare([_camera_frame(1080, 1920)], 256, 341, resize="exact")
+    assert fast[0].shape == exact[0].shape and fast[1].tolist() == exact[1].tolist() == [[192, 341]]
+    assert not np.array_equal(fast[0], exact[0])

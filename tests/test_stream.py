@@ -91,10 +91,14 @@ def test_pipeline_equals_sequential(seg: Segmenter, clip: Path, batch: int) -> N
     sequential = list(seg.stream(str(clip), batch=batch, pipeline=False))
     assert [r.frame.index for r in piped] == list(range(24))
     _same(piped, sequential)
-    if batch == 1:  # batch 1 is exactly predict() frame by frame
+    if batch == 1:  # batch 1 is predict() frame by frame
         one_by_one = [seg.predict(r.frame.image, color="rgb") for r in piped]
         for a, b in zip(piped, one_by_one):
-            assert np.array_equal(a.masks, b.masks) and np.array_equal(a.scores, b.scores)
+            # A stream leaves a core to its other work (stream.PIPELINE_RESERVED_CORES) and predict() takes every
+            # core: PyTorch's convolutions then sum in another order, so scores agree to float rounding; at the same
+            # thread count they are identical (test_camera_rate.py).
+            assert np.array_equal(a.labels, b.labels) and np.allclose(a.scores, b.scores, rtol=0, atol=1e-5)
+            assert np.mean(a.masks != b.masks) < 1e-4
     assert sum(len(r) for r in piped) > 24, "the demo model should find the shapes"
     assert not _stream_threads()
 

@@ -1,10 +1,10 @@
 """Latency of ``Segmenter.predict`` per stage, for several models or backends measured side by side.
 
-What is timed: ``preprocess`` (decode-free: the image is already in memory; resize, pad), ``inference`` (the
-backend call, including host/device copies and the top-k pair selection), ``postprocess`` (mask upsampling to
-the original size, scoring, boxes), and ``total`` (the whole ``predict_batch`` call, wall clock). Runs are
-interleaved iteration by iteration, so a load that comes and goes on the machine affects every run alike.
-Percentiles are over ``iters`` timed iterations after ``warmup`` untimed ones.
+What is timed: ``preprocess`` (decode-free: the image is already in memory; resize as ``Segmenter.resize`` says,
+pad), ``inference`` (the backend call, including host/device copies and the top-k pair selection), ``postprocess``
+(mask upsampling to the original size, scoring, boxes), and ``total`` (the whole ``predict_batch`` call, wall
+clock). Runs are interleaved iteration by iteration, so a load that comes and goes on the machine affects every
+run alike. Percentiles are over ``iters`` timed iterations after ``warmup`` untimed ones.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ class BenchRun:
     precision: str
     batch: int
     input_size: list[int]  # padded network input (H, W)
+    resize: str = "exact"  # the test-time resize ("exact" or "fast", ``Segmenter.resize``)
     stages: dict[str, dict[str, float]] = field(default_factory=dict)
     fps: float = 0.0
     instances: int = 0
@@ -137,6 +138,7 @@ def benchmark(
             precision=str(describe.get("precision", "fp32")),
             batch=batch,
             input_size=[int(padded[0]), int(padded[1])],
+            resize=seg.resize,
             stages={k: _stats(v) for k, v in samples[i].items()},
             instances=instances[i],
             peak_memory_mb=cuda_peak if cuda_peak is not None else _peak_rss_mb(),
@@ -209,11 +211,11 @@ def _gpu_clocks() -> dict:
 
 def markdown_table(runs: Sequence[BenchRun]) -> str:
     """One row per run: p50 / p90 / p99 ms of every stage, FPS, instances, memory."""
-    head = ["model", "backend", "device", "prec", "batch", "input"]
+    head = ["model", "backend", "device", "prec", "batch", "input", "resize"]
     head += [f"{s} p50/p90/p99 ms" for s in STAGES] + ["FPS", "inst", "peak MB"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in runs:
-        cells = [r.model, r.backend, r.device, r.precision, str(r.batch), "x".join(map(str, r.input_size))]
+        cells = [r.model, r.backend, r.device, r.precision, str(r.batch), "x".join(map(str, r.input_size)), r.resize]
         cells += ["{p50:.1f} / {p90:.1f} / {p99:.1f}".format(**r.stages[s]) for s in STAGES]
         cells += [f"{r.fps:.1f}", str(r.instances), f"{r.peak_memory_mb:.0f}"]
         rows.append("| " + " | ".join(cells) + " |")

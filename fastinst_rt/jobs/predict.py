@@ -1,10 +1,11 @@
 """Run a ``Segmenter`` (optionally with a tracker) over an image, a folder, a video, a camera or a stream URL.
 
-The job is the pipelined stream of ``runtime/stream.py`` with two more stages when asked: tracking and drawing
-(annotated pictures, or one annotated video encoded as it goes); the results are written by the consumer as frames
-complete (``durable.ResultsFile``). Nothing is lost on the way: an unreadable image is reported and skipped, a
-truncated video is reported with the frame where decoding stopped, a failing stage or Ctrl-C ends the run with
-everything done so far on disk, and outputs never overwrite inputs. ``PredictSummary`` says how far it got.
+The job is the pipelined stream of ``runtime/stream.py`` with more stages when asked: tracking, the COCO records of
+``--json`` (run-length encoding of the masks) and drawing (annotated pictures, or one annotated video encoded as it
+goes); the consumer only writes what the stages made, as frames complete (``durable.ResultsFile``). Nothing is
+lost on the way: an unreadable image is reported and skipped, a truncated video is reported with the frame where
+decoding stopped, a failing stage or Ctrl-C ends the run with everything done so far on disk, and outputs never
+overwrite inputs. ``PredictSummary`` says how far it got.
 """
 
 from __future__ import annotations
@@ -126,6 +127,25 @@ def output_paths(source: SourceLike, save_dir: str | os.PathLike | None, files: 
     return writes
 
 
+class _CocoRecords:
+    """The ``rle`` stage: each frame's COCO records (``Results.to_coco``: the masks' RLE, boxes, scores), made in the
+    pipeline so that the consumer, which writes them in frame order, does no per-pixel work."""
+
+    def __init__(self, category_ids: list[int], segmentation: str = "rle") -> None:
+        self.category_ids, self.segmentation = category_ids, segmentation
+        self.done: dict[int, list[dict]] = {}  # frame index -> records, until the consumer takes them
+
+    def __call__(self, frames: list[Frame], results: list[Results | None]) -> list[Results | None]:
+        for frame, res in zip(frames, results):
+            if res is not None:
+                self.done[frame.index] = res.to_coco(frame.index, self.category_ids, self.segmentation)
+        return results
+
+    def take(self, index: int) -> list[dict]:
+        """The records of frame ``index`` (made by the stage before the frame reached the consumer), forgotten."""
+        return self.done.pop(index)
+
+
 def _tracking_stage(tracker: ByteTracker) -> Stage:
     def track(frames: list[Frame], results: list[Results | None]) -> list[Results | None]:
         return [None if r is None else tracker.update(r) for r in results]
@@ -184,9 +204,12 @@ def predict_source(
     results_file = ResultsFile(json_path, every, segmentation) if json_path else None
     labels = YoloLabelWriter(save_txt, src.kind == "images") if save_txt else None
     mot = TextLog(mot_path) if mot_path else None
-    stages = ([_tracking_stage(tracker)] if tracker else []) + ([Stage("draw", drawer)] if drawer else [])
+    records = (
+        _CocoRecords(coco_category_ids(segmenter.class_names), results_file.segmentation) if results_file else None
+    )
+    stages = [_tracking_stage(tracker)] if tracker else []
+    stages += ([Stage("rle", records)] if records else []) + ([Stage("draw", drawer)] if drawer else [])
     stages += [Stage("labels", labels)] if labels else []
-    category_ids = coco_category_ids(segmenter.class_names)
     total = -(-src.count // vid_stride) if src.count else None
     bar = tqdm(total=total, desc="track" if tracker else "predict", disable=bar_disabled(progress), unit="frame")
     try:
@@ -196,7 +219,7 @@ def predict_source(
         with closing(frames):
             for frame, res in frames:
                 bar.update(1)
-                _record(summary, frame, res, results_file, mot, category_ids, bar)
+                _record(summary, frame, res, results_file, records, mot, bar)
     except StreamError as e:
         summary.error = str(e)
     except KeyboardInterrupt:
@@ -224,7 +247,7 @@ def _stream_conf(segmenter: Segmenter, tracker: ByteTracker | None) -> float | N
 
 
 def _record(summary: PredictSummary, frame: Frame, res: Results | None, results_file: ResultsFile | None,
-            mot: TextLog | None, category_ids: list[int], bar: Any) -> None:  # fmt: skip
+            records: _CocoRecords | None, mot: TextLog | None, bar: Any) -> None:  # fmt: skip
     summary.last_frame = frame.index
     if res is None:
         summary.failed.append((frame.name, frame.error or "unreadable"))
@@ -233,9 +256,8 @@ def _record(summary: PredictSummary, frame: Frame, res: Results | None, results_
         return
     summary.frames += 1
     summary.instances += len(res)
-    if results_file is not None:
-        records = res.to_coco(frame.index, category_ids, results_file.segmentation)
-        results_file.add(frame.index, frame.name, frame.timestamp, records)
+    if results_file is not None and records is not None:
+        results_file.add(frame.index, frame.name, frame.timestamp, records.take(frame.index))
     if mot is not None:
         from ..tracking.mot import mot_lines
 

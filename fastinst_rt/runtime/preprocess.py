@@ -3,7 +3,12 @@
 Reproduces Detectron2's ``read_image`` (PIL, EXIF orientation, RGB) and ``ResizeShortestEdge`` (PIL bilinear on
 uint8, sizes rounded as ``int(x + 0.5)``), and pads bottom/right to multiples of 32 as ``ImageList.from_tensors``.
 Normalization is not done here: the model (or the exported graph) takes uint8 and normalizes on the device.
-Numpy/PIL only, so the ONNX Runtime and TensorRT backends can use it without torch.
+Numpy/PIL/OpenCV only, so the ONNX Runtime and TensorRT backends can use it without torch.
+
+Two resizes (``RESIZE_MODES``): ``"exact"`` is the official one, pixel for pixel (parity, ``eval``); ``"fast"`` first
+halves a much larger image with exact 2x2 box averages and then runs the same PIL bilinear on the rest, which is
+what PIL's own ``reducing_gap=2`` computes, 2-5x faster on camera frames (``benchmarks/resize_agreement.py``,
+result 16 of ``benchmarks/README.md``). Both give the same pixels when the image shrinks less than 4x.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
+import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -22,9 +28,11 @@ from ..artifact import MAX_TEST_SIZE  # the bound of the test-time resize, share
 __all__ = [
     "MAX_SIDE",
     "MAX_TEST_SIZE",
+    "RESIZE_MODES",
     "ImageError",
     "ImageSource",
     "PreprocessInfo",
+    "check_resize",
     "check_test_size",
     "load_image",
     "pad_batch",
@@ -37,6 +45,10 @@ __all__ = [
 MAX_SIDE = 2**15
 
 ImageSource = Union[str, os.PathLike, Image.Image, np.ndarray]
+
+#: The test-time resizes: "exact" (the official PIL bilinear) and "fast" (box halvings, then the same bilinear).
+RESIZE_MODES = ("exact", "fast")
+
 
 # PIL modes that hold 16-bit (or 32-bit integer) gray values; PIL's own convert("RGB") clips these at 255.
 _WIDE_GRAY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
@@ -181,17 +193,35 @@ def resized_size(h: int, w: int, min_size: int, max_size: int) -> tuple[int, int
     return max(1, int(newh + 0.5)), max(1, int(neww + 0.5))
 
 
-def resize_image(rgb: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
-    """Resize an (H, W, 3) uint8 image to ``size_hw`` = (h, w) with PIL bilinear, as the official code does.
+def check_resize(resize: str) -> str:
+    """``resize`` if it is one of ``RESIZE_MODES``, else ValueError naming the choices."""
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
+    return resize
 
-    PIL's bilinear filter antialiases when it shrinks an image (cv2 and ``F.interpolate`` do not), and rounds to
-    uint8; any other resize gives different pixels. Returns ``rgb`` itself when the size is unchanged.
+
+def resize_image(rgb: np.ndarray, size_hw: tuple[int, int], mode: str = "exact") -> np.ndarray:
+    """Resize an (H, W, 3) uint8 image to ``size_hw`` = (h, w): (h, w, 3) uint8.
+
+    ``mode="exact"``: PIL bilinear, as the official code does. PIL's bilinear filter antialiases when it shrinks an
+    image (cv2 and ``F.interpolate`` do not), and rounds to uint8; any other resize gives different pixels.
+    ``mode="fast"``: while both sides are even and at least 4x the target, halve with exact 2x2 box averages
+    (OpenCV's integer ``INTER_AREA``, rounded half up as PIL's ``reduce``), then the same PIL bilinear. Identical to
+    "exact" when the image shrinks less than 4x (or grows). Returns ``rgb`` itself when the size is unchanged.
     """
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"resize_image expects an HxWx3 uint8 image, got {rgb.dtype} {rgb.shape}")
+    check_resize(mode)
     h, w = size_hw
     if (h, w) == rgb.shape[:2]:
         return rgb
+    if mode == "fast":
+        # Halve while a shrink of 2x or more is left for the bilinear (PIL's reducing_gap=2): it then still spans 2-4
+        # source pixels per output pixel, so its antialiasing is kept (mean |difference| to "exact" 0.25 grey levels
+        # on a 1080p photo; halving down to a 1-2x bilinear: 0.65, OpenCV INTER_AREA 1.1). Odd sides stop the
+        # halving: a 2x2 box there would shift the geometry by half a pixel.
+        while not rgb.shape[0] % 2 and not rgb.shape[1] % 2 and min(rgb.shape[0] / h, rgb.shape[1] / w) >= 4:
+            rgb = cv2.resize(rgb, (rgb.shape[1] // 2, rgb.shape[0] // 2), interpolation=cv2.INTER_AREA)
     return np.asarray(Image.fromarray(rgb).resize((w, h), Image.BILINEAR))
 
 
@@ -241,6 +271,7 @@ def prepare(
     max_size: int,
     size_divisibility: int = 32,
     fixed_size: tuple[int, int] | None = None,
+    resize: str = "exact",
 ) -> tuple[np.ndarray, np.ndarray, list[PreprocessInfo]]:
     """Resize (shortest edge ``min_size``, long edge capped at ``max_size``) and pad RGB images into a batch.
 
@@ -253,6 +284,7 @@ def prepare(
             graph) it is shrunk, aspect ratio kept, until it fits. The input is the official one when the official
             padded size equals (H, W) (e.g. 4:3 landscape photos at the default export size); other images see
             more zero padding than the official batch-1 input.
+        resize: "exact" (the official pixels) or "fast" (see ``resize_image``).
 
     Returns:
         ``(batch, sizes, infos)``: the (B, 3, Hp, Wp) uint8 batch (Hp, Wp = ``fixed_size`` when given, else as
@@ -260,10 +292,12 @@ def prepare(
         ``PreprocessInfo`` per image.
 
     Raises:
-        ValueError: no image, or sizes outside ``32 <= min_size <= max_size <= MAX_TEST_SIZE`` (``check_test_size``).
+        ValueError: no image, an unknown ``resize``, or sizes outside ``32 <= min_size <= max_size <= MAX_TEST_SIZE``
+            (``check_test_size``).
     """
     if len(images) == 0:
         raise ValueError("prepare needs at least one image")
+    check_resize(resize)
     check_test_size(min_size, max_size)  # a resize target of 100000 would need tens of GB before any check
     resized, infos = [], []
     for im in images:
@@ -271,7 +305,7 @@ def prepare(
         size = resized_size(h, w, min_size, max_size)
         if fixed_size is not None:
             size = _fit(size, fixed_size)
-        resized.append(resize_image(im, size))
+        resized.append(resize_image(im, size, resize))
         infos.append(PreprocessInfo(orig_size=(h, w), resized_size=size))
     batch, sizes = pad_batch(resized, size_divisibility)
     if fixed_size is not None:

@@ -17,14 +17,18 @@ import numpy as np
 
 from .backends import Backend, open_backend
 from .postprocess import instances_from_pairs
-from .preprocess import ImageSource, PreprocessInfo, check_test_size, load_image, prepare
+from .preprocess import ImageSource, PreprocessInfo, check_resize, check_test_size, load_image, prepare
 from .results import Results
 
 if TYPE_CHECKING:
     from ..tracking import Tracker
     from .sources import SourceLike
 
-__all__ = ["Prepared", "Segmenter"]
+__all__ = ["DEFAULT_RESIZE", "Prepared", "Segmenter"]
+
+#: The test-time resize of ``Segmenter`` (so of ``predict``, ``stream``, ``serve`` and ``bench``); ``eval`` and the
+#: parity checks use "exact". Chosen by measurement: benchmarks/README.md, result 16.
+DEFAULT_RESIZE = "fast"
 
 
 class Prepared(NamedTuple):
@@ -49,6 +53,9 @@ class Segmenter:
         max_det: at most this many instances (query-class pairs) per image.
         min_size, max_size: test-time resize (short side, long-side cap); default the model's (e.g. 576/777).
             ``32 <= min_size <= max_size <= MAX_TEST_SIZE`` (2048, ``preprocess.MAX_TEST_SIZE``).
+        resize: "fast" (the default: 2x2 box halvings of a large image, then the official bilinear; the same pixels
+            unless an image shrinks 4x or more) or "exact" (the official PIL bilinear, pixel for pixel). See
+            ``preprocess.resize_image``.
         half: float16 inference (torch on CUDA; ONNX and engine precision is chosen at export/build).
         cuda_graph: replay CUDA graphs (torch and TensorRT on CUDA): less launch overhead at batch 1.
 
@@ -80,7 +87,9 @@ class Segmenter:
         max_size: int | None = None,
         half: bool = False,
         cuda_graph: bool = False,
+        resize: str = DEFAULT_RESIZE,
     ) -> None:
+        check_resize(resize)
         if not 0.0 <= conf <= 1.0:
             raise ValueError(f"conf must be in [0, 1], got {conf}")
         if max_det < 1:
@@ -90,7 +99,7 @@ class Segmenter:
         self.closed = False
         self.backend = model if isinstance(model, Backend) else open_backend(model, backend, device, half, cuda_graph)
         info = self.backend.info
-        self.conf, self.max_det = conf, max_det
+        self.conf, self.max_det, self.resize = conf, max_det, resize
         self.min_size = int(min_size or info.test_size[0])
         self.max_size = int(max_size or info.test_size[1])
         check_test_size(self.min_size, self.max_size)
@@ -120,6 +129,7 @@ class Segmenter:
             raise RuntimeError("this Segmenter is closed; create a new one to predict")
         if len(images) == 0:
             return []
+        self.backend.reserve_cores(0)  # a call on its own has every core (a pipelined stream may have reserved some)
         t0 = time.perf_counter()
         prepared = self.preprocess(images, color)
         t1 = time.perf_counter()
@@ -228,7 +238,7 @@ class Segmenter:
     def prepare(self, rgb: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, list[PreprocessInfo]]:
         """``preprocess.prepare`` with this model's test size, padding and fixed input size (if any)."""
         info = self.backend.info
-        return prepare(rgb, self.min_size, self.max_size, info.size_divisibility, info.fixed_size)
+        return prepare(rgb, self.min_size, self.max_size, info.size_divisibility, info.fixed_size, self.resize)
 
     def _check_positions(self, padded: tuple[int, ...], metas: list[PreprocessInfo]) -> None:
         """Refuse a batch too small for the query selection (an image of extreme aspect ratio, e.g. 1x30000):
@@ -258,4 +268,4 @@ class Segmenter:
 
     def __repr__(self) -> str:
         return (f"Segmenter({self.backend.info.name!r}, backend={self.backend.kind!r}, conf={self.conf}, "
-                f"max_det={self.max_det}, size={self.min_size}/{self.max_size})")  # fmt: skip
+                f"max_det={self.max_det}, size={self.min_size}/{self.max_size}, resize={self.resize!r})")  # fmt: skip

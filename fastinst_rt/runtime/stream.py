@@ -36,6 +36,12 @@ __all__ = [
     "Stage", "StreamError", "StreamStats", "check_stream_options", "run_stages", "segment_stream", "segmenter_stages",
 ]  # fmt: skip
 
+# Cores a stream leaves to the work beside inference (decoding, resize, post-processing, RLE, drawing and encoding,
+# and the decoder's and encoder's own threads): on 2 cores PyTorch's second thread stalled at every operator's
+# barrier while those ran, doubling inference or worse (benchmarks/README.md, result 17). Sequential streams leave
+# them too, though their stages take turns: the codecs' threads still run beside inference, and PyTorch's results
+# depend on its thread count (oneDNN splits its sums by thread), so both modes give the same results.
+PIPELINE_RESERVED_CORES = 1
 _JOIN_TIMEOUT = 60.0  # seconds; a stage that is inside one long backend call is waited for, never abandoned early
 _POLL = 0.05  # seconds between checks of the stop event in blocking waits
 
@@ -369,6 +375,8 @@ def segment_stream(
     realtime = src.live if realtime is None else realtime
     stages = segmenter_stages(seg, conf, skip_bad) + list(extra_stages)
     own = src is not source  # a Source handed in is the caller's to close
+    # The backend sizes its thread pool to the cores the other work leaves it (``predict`` takes them all back).
+    seg.backend.reserve_cores(PIPELINE_RESERVED_CORES)
     try:
         packets = run_stages(src.frames(vid_stride), stages, batch=batch, realtime=realtime, pipeline=pipeline,
                              queue_size=queue_size, stats=stats)  # fmt: skip

@@ -55,6 +55,7 @@ class ServeConfig:
     max_det: int = 100
     min_size: int | None = None
     max_size: int | None = None
+    resize: str | None = None  # None: the Segmenter's default (segmenter.DEFAULT_RESIZE)
     replicas: int = 1
     max_replicas: int | None = None
     max_batch: int = 8
@@ -78,7 +79,7 @@ class SegmenterServer:
         self.config = config
         self.seg = Segmenter(
             config.model, backend=config.backend, device=config.device, conf=config.conf, max_det=config.max_det,
-            min_size=config.min_size, max_size=config.max_size,
+            min_size=config.min_size, max_size=config.max_size, **({"resize": config.resize} if config.resize else {}),
         )  # fmt: skip
         self._views: dict[tuple[float, int], Segmenter] = {}
         self.segment_batch.set_max_batch_size(config.max_batch)
@@ -167,7 +168,7 @@ class SegmenterServer:
         if key not in self._views:
             s = self.seg
             self._views[key] = Segmenter(s.backend, conf=conf, max_det=max_det, min_size=s.min_size,
-                                         max_size=s.max_size)  # fmt: skip
+                                         max_size=s.max_size, resize=s.resize)  # fmt: skip
         return self._views[key]
 
 

@@ -54,7 +54,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     config = ServeConfig(
         args.model, backend=args.backend, device=args.device, conf=args.conf, max_det=args.max_det,
-        min_size=args.min_size, max_size=args.max_size, replicas=args.replicas, max_replicas=args.max_replicas,
+        min_size=args.min_size, max_size=args.max_size, resize=args.resize, replicas=args.replicas,
+        max_replicas=args.max_replicas,
         max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, max_queued=args.max_queued,
         num_cpus=args.replica_cpus, max_pixels=args.max_pixels,
     )  # fmt: skip
@@ -118,7 +119,7 @@ def cmd_predict_ray(args: argparse.Namespace) -> int:
     summary = predict_ray(
         args.model, args.source, args.json, workers=args.workers, address=args.address, shard_size=args.shard_size,
         progress=not args.quiet, backend=args.backend, device=args.device, conf=args.conf, max_det=args.max_det,
-        min_size=args.min_size, max_size=args.max_size,
+        min_size=args.min_size, max_size=args.max_size, **({"resize": args.resize} if args.resize else {}),
     )  # fmt: skip
     print(f"{summary.images} image(s), {summary.instances} instance(s) at conf >= {args.conf}; "
           f"{summary.shards_written} shard(s) written, {summary.shards_skipped} already there")  # fmt: skip

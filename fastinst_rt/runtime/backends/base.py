@@ -6,6 +6,7 @@ artifact takes; the subclasses implement ``_run``. The contract is written once,
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -14,10 +15,18 @@ import numpy as np
 from ...artifact import ArtifactMeta
 from ..postprocess import select_pairs
 
-__all__ = ["Backend", "BackendInfo", "PAIR_KEYS", "RAW_KEYS"]
+__all__ = ["Backend", "BackendInfo", "PAIR_KEYS", "RAW_KEYS", "cpu_cores"]
 
 PAIR_KEYS = ("scores", "labels", "query", "masks")  # the output contract of ``Backend.infer``
 RAW_KEYS = ("pred_logits", "pred_masks")  # the raw head outputs
+
+
+def cpu_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, e.g. a container's cpuset), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS and Windows have no affinity mask in Python
+        return max(1, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,24 @@ class Backend(ABC):
     def __init__(self, info: BackendInfo) -> None:
         self.info = info
         self.closed = False
+        self.reserved_cores = 0  # cores left to other work (``reserve_cores``)
+
+    def reserve_cores(self, cores: int) -> None:
+        """Leave ``cores`` CPU cores to other threads of this process (the other stages of a pipelined stream).
+
+        A backend that computes on the CPU sizes its own thread pool to the remaining cores (at least one) and
+        stops spin-waiting between operators, so that its threads and the other stages do not take turns on the
+        same cores (a thread pool whose worker is preempted stalls every parallel operator at its barrier); 0
+        gives it back its defaults. GPU backends ignore it. Cheap when ``cores`` is unchanged.
+        """
+        if isinstance(cores, bool) or not isinstance(cores, int) or cores < 0:
+            raise ValueError(f"cores must be an integer >= 0, got {cores!r}")
+        if cores != self.reserved_cores and not self.closed:
+            self._apply_reserve(cores)
+            self.reserved_cores = cores
+
+    def _apply_reserve(self, cores: int) -> None:  # noqa: B027 - optional hook: GPU backends keep their settings
+        """Set the thread pool for ``cores`` reserved cores (``reserve_cores``)."""
 
     def infer(self, batch: np.ndarray, sizes: np.ndarray, max_det: int = 100) -> dict[str, np.ndarray]:
         """The selected pairs of the output contract (see the class docstring)."""

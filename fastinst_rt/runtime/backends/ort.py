@@ -15,7 +15,7 @@ import numpy as np
 
 from ...artifact import ArtifactMeta, cache_dir
 from ..padding import padding_caveat
-from .base import Backend, BackendInfo
+from .base import Backend, BackendInfo, cpu_cores
 
 __all__ = ["OnnxRuntimeBackend"]
 
@@ -77,13 +77,19 @@ class OnnxRuntimeBackend(Backend):
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"no such ONNX file: {self.path}")
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3  # errors only: ORT's warnings about unused initializers are noise here
-        chosen = providers or _providers(device, ort.get_available_providers())
-        self.session = self._open(ort, opts, chosen)
+        self._providers = providers or _providers(device, ort.get_available_providers())
+        self.session = self._open(ort, _options(ort, 0), self._providers)
         self.meta = ArtifactMeta.from_props(self.session.get_modelmeta().custom_metadata_map, self.path)
         self.meta.check_io(_dims(self.session.get_inputs()), _dims(self.session.get_outputs()), self.path)
         super().__init__(BackendInfo.from_meta(self.meta, self.meta.batch, fixed_batch=True))
+
+    def _apply_reserve(self, cores: int) -> None:
+        """A new session (the same file and providers) whose intra-op pool leaves ``cores`` cores free and does not
+        spin; ONNX Runtime fixes both when a session is created. Only where the CPU provider runs the graph."""
+        import onnxruntime as ort
+
+        if self.providers[0] == "CPUExecutionProvider":
+            self.session = self._open(ort, _options(ort, cores), self._providers)
 
     def _open(self, ort: Any, opts: Any, providers: list) -> Any:
         """An ONNX Runtime session of ``self.path``; ValueError with the cause when it cannot be loaded."""
@@ -118,11 +124,18 @@ class OnnxRuntimeBackend(Backend):
     def _release(self) -> None:
         self.session = None
 
+    def _threads(self) -> dict:
+        """The session's intra-op threads (0: ONNX Runtime's default, one per physical core) and spinning."""
+        opts = self.session.get_session_options()
+        spin = opts.get_session_config_entry("session.intra_op.allow_spinning") if self.reserved_cores else "1"
+        return {"intra_op_threads": opts.intra_op_num_threads, "spinning": spin != "0"}
+
     def describe(self) -> dict:
         d = super().describe()
         m = self.meta
         d.update(
-            file=str(self.path), providers=self.providers, precision=m.precision, opset=m.opset, outputs=m.outputs,
+            file=str(self.path), providers=self.providers, **self._threads(), precision=m.precision, opset=m.opset,
+            outputs=m.outputs,
             max_det=m.max_det, dynamic=m.dynamic, fixed_size=list(m.fixed_size) if m.fixed_size else None,
             batch=m.batch, dcn=m.dcn, exporter=m.exporter, source=m.source, source_sha256=m.source_sha256,
             fastinst_rt_version=m.fastinst_rt_version,
@@ -135,6 +148,17 @@ class OnnxRuntimeBackend(Backend):
             reduced = m.extra.get("fp16" if m.precision == "fp16" else "quantization", {})
             d["float32_regions"] = reduced.get("float32_regions", []) if isinstance(reduced, dict) else []
         return d
+
+
+def _options(ort: Any, reserve: int) -> Any:
+    """Session options; with ``reserve`` cores left to other threads, an intra-op pool of the other cores (at least
+    1) that sleeps instead of spinning when idle (``Backend.reserve_cores``)."""
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3  # errors only: ORT's warnings about unused initializers are noise here
+    if reserve:
+        opts.intra_op_num_threads = max(1, cpu_cores() - reserve)
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return opts
 
 
 def _dims(values: list) -> dict[str, list]:

@@ -9,7 +9,7 @@ import torch
 
 from ...checkpoint import ModelInfo, load_checkpoint
 from ...modeling.fastinst import FastInst
-from .base import Backend, BackendInfo
+from .base import Backend, BackendInfo, cpu_cores
 
 __all__ = ["TorchBackend"]
 
@@ -63,6 +63,17 @@ class TorchBackend(Backend):
         # The official selection thresholds against float32 statistics; keep the pixel statistics in float32.
         self.model.pixel_mean, self.model.pixel_std = self.model.pixel_mean.float(), self.model.pixel_std.float()
         super().__init__(BackendInfo(info.name, info.class_names, info.test_size, num_queries=net.decoder.num_queries))
+        self._default_threads = torch.get_num_threads()
+
+    def _apply_reserve(self, cores: int) -> None:
+        """On the CPU, PyTorch's intra-op threads: all but ``cores`` of the cores (at least 1), or the default.
+
+        ``torch.set_num_threads`` is process-wide; a thread that has not run an operator yet (the stream's inference
+        thread) takes the new count at its first one. The OpenMP wait policy cannot be changed once torch is
+        loaded, so fewer threads is the way to keep OpenMP's spinning workers off the other stages' cores.
+        """
+        if self.device.type == "cpu":
+            torch.set_num_threads(self._default_threads if cores == 0 else max(1, cpu_cores() - cores))
 
     def _forward(self, images: torch.Tensor, sizes: torch.Tensor) -> dict[str, torch.Tensor]:
         x = self.model.normalize(images, sizes)
@@ -104,6 +115,7 @@ class TorchBackend(Backend):
     def describe(self) -> dict:
         d = super().describe()
         d.update(device=str(self.device), precision="fp16" if self.half else "fp32", cuda_graph=self.cuda_graph,
+                 threads=torch.get_num_threads(),
                  source=self.model_info.source,
                  sha256=self.model_info.sha256, config=self.model_info.config.to_dict(),
                  parameters=sum(p.numel() for p in self.model.parameters()))  # fmt: skip
