@@ -79,18 +79,15 @@ class _OncePerMessage(logging.Filter):
         return True
 
 
-_ONCE = _OncePerMessage()  # one for the process: a warning shown by one export is not repeated by the next
-
-
 @contextmanager
 def quiet_repeats() -> Iterator[None]:
     """Within the block, each message onnxruntime's quantization logs (through the root logger) appears once."""
-    root = logging.getLogger()
-    root.addFilter(_ONCE)
+    root, once = logging.getLogger(), _OncePerMessage()  # one per block: each export shows a warning once
+    root.addFilter(once)
     try:
         yield
     finally:
-        root.removeFilter(_ONCE)
+        root.removeFilter(once)
 
 
 _log = progress_logger(__name__)

@@ -155,5 +155,5 @@ def test_static_export_says_what_it_pads(exports: dict[str, Path]) -> None:
     old = dataclasses.replace(meta, extra={})
     assert "does NOT mask" in padding_caveat(old)
     stages = {k: {"p50": 1.0, "p90": 1.0, "p99": 1.0} for k in STAGES}
-    run = BenchRun("static.onnx", "onnxruntime", "cpu", "fp32", 1, [256, 352], stages, padding=line)
+    run = BenchRun("static.onnx", "onnxruntime", "cpu", "fp32", 1, [256, 352], stages=stages, padding=line)
     assert markdown_table([run]).splitlines()[-1] == f"static.onnx: {line}"
