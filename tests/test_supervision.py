@@ -36,10 +36,10 @@ def photo_results(seg) -> tuple[np.ndarray, Results]:
 
 def test_the_runtime_does_not_import_supervision() -> None:
     code = (
-        "import sys, numpy as np, fastinst_rt, fastinst_rt.tracking, fastinst_rt.jobs.predict\n"
+        "import sys, numpy as np, fastinst_rt, fastinst_rt.tracking, fastinst_rt.jobs.predict, fastinst_rt.cli\n"
         "seg = fastinst_rt.Segmenter('fastinst-demo', backend='torch', device='cpu')\n"
         "r = seg.predict(np.zeros((64, 64, 3), np.uint8)); r.to_coco(1); fastinst_rt.tracking.ByteTracker().update(r)\n"
-        "print(sorted(m for m in ('supervision', 'trackeval', 'trackers') if m in sys.modules))\n"
+        "print(sorted(m for m in ('supervision', 'trackeval', 'trackers', 'polygraphy') if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
