@@ -281,7 +281,8 @@ class RegionDecoder(nn.Module):
 def _stem_before_max_pool(backbone: nn.Module) -> str | None:
     """Path (under the backbone) of the module whose ReLU'd output the stem's max-pool reads."""
     if isinstance(backbone, ResNet):
-        return "stem.conv1"
+        # An FP16 export may have wrapped the stem as a float32 region (deploy._Float32Region: ``stem.module``).
+        return "stem.conv1" if hasattr(backbone.stem, "conv1") else "stem.module.conv1"
     if isinstance(backbone, ResNetVD):
         return "bn1"
     return None

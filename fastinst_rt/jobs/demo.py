@@ -59,13 +59,13 @@ def run_demo(
     start = time.perf_counter()
     out = check_writable(output, "--output", folder=True)
     out.mkdir(parents=True, exist_ok=True)
-    _log(not quiet, f"generating {num_images} sample images", quiet)
+    _log(not quiet, f"generating {num_images} sample images")
     ann = make_synthetic_dataset(out / "samples", num_images, seed=_SAMPLE_SEED, size=_SAMPLE_SIZE)
     files = [ann.parent / "images" / im["file_name"] for im in json.loads(ann.read_text())["images"]]
 
     torch_seg = Segmenter(DEMO_MODEL, backend="torch", device="cpu", conf=0.5)
     onnx_path = out / "fastinst-demo.onnx"
-    _log(not quiet, f"exporting {DEMO_MODEL} to {onnx_path}", quiet)
+    _log(not quiet, f"exporting {DEMO_MODEL} to {onnx_path}")
     from ..export import export_onnx
 
     export_onnx(DEMO_MODEL, onnx_path, imgsz=_SAMPLE_SIZE, progress=not quiet)
@@ -95,7 +95,7 @@ def run_demo(
     }
     write_image(out / "predictions.jpg", _mosaic(list(rows.values()), ["PyTorch", "ONNX Runtime"]))
 
-    _log(not quiet, f"timing both backends ({iters} iterations each, interleaved)", quiet)
+    _log(not quiet, f"timing both backends ({iters} iterations each, interleaved)")
     runs = benchmark([torch_seg, ort_seg], str(files[0]), warmup=2, iters=iters, progress=False)
     table = markdown_table(runs)
     (out / "latency.md").write_text(table + "\n")
